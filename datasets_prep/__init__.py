@@ -1,0 +1,1 @@
+"""Offline-capable preparation of what a run consumes: the GSM8K parquet and the demo model."""

@@ -1,0 +1,63 @@
+"""SGLang backend: one sglang.Engine with tp_size=tp and dp_size=1 (our Ray actors do DP), or
+dp_size=D when the run asks for SGLang's own data parallelism (--dp-backend native).
+
+Nothing that changes speed is set here; the offline GPU bundle's needs (sampling_backend,
+attention_backend) go through --engine-kwargs in SGLang's own names.
+
+    python -m evaluator --engine sglang --mode dp --gpus 2 --engine-kwargs '{"attention_backend": "triton"}'
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from evaluator.records import Completion, SamplingConfig
+from launchers.engines.base import EngineSpec
+
+
+def engine_kwargs(spec: EngineSpec) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"model_path": spec.model, "tp_size": spec.tp, "dp_size": spec.native_dp,
+                              "random_seed": spec.seed}
+    if spec.max_model_len:
+        kwargs["context_length"] = spec.max_model_len
+    if spec.device == "cpu":
+        kwargs["device"] = "cpu"
+    kwargs.update(spec.engine_kwargs)
+    return kwargs
+
+
+def sampling_params(params: SamplingConfig, seed: int | None) -> dict[str, Any]:
+    d = {"max_new_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p,
+         "top_k": params.top_k, "repetition_penalty": params.repetition_penalty,
+         "ignore_eos": params.ignore_eos}
+    if seed is not None:
+        d["sampling_seed"] = seed
+    return d
+
+
+class SGLangEngine:
+    def __init__(self, spec: EngineSpec):
+        import sglang as sgl
+        self.engine = sgl.Engine(**engine_kwargs(spec))
+
+    def generate(self, prompts: list[str], params: SamplingConfig, seeds: list[int] | None = None) -> list[Completion]:
+        # n answers per prompt are asked as n copies of the prompt: SGLang's offline engine
+        # flattens n>1 outputs, and copies keep the grouping explicit.
+        n = params.n
+        flat = [p for p in prompts for _ in range(n)]
+        if seeds is None:
+            sp: Any = sampling_params(params, None)
+        else:
+            sp = [sampling_params(params, s * n + k) for s in seeds for k in range(n)]
+        outs = self.engine.generate(prompt=flat, sampling_params=sp)
+        result = []
+        for i in range(len(prompts)):
+            group = outs[i * n:(i + 1) * n]
+            result.append(Completion(texts=tuple(o["text"] for o in group),
+                                     prompt_tokens=int(group[0]["meta_info"]["prompt_tokens"]),
+                                     completion_tokens=sum(int(o["meta_info"]["completion_tokens"]) for o in group)))
+        return result
+
+    def close(self) -> None:
+        engine, self.engine = getattr(self, "engine", None), None
+        if engine is not None:
+            engine.shutdown()
