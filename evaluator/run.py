@@ -377,13 +377,19 @@ def execute(cfg: RunConfig, run_id: str, run_dir: RunDir, prompts: list[Prompt],
     done = run_dir.read_partial()
     wanted = {p.index for p in prompts}
     done = {i: rec for i, rec in done.items() if i in wanted}
-    todo = [p for p in prompts if p.index not in done]
+    # Chunks are cut from the whole prompt list, so a resumed or re-run chunk batches exactly the
+    # prompts it would have batched in an uninterrupted run.
+    chunks = []
+    for c in make_chunks(prompts, replica_count(cfg), cfg.sharding, cfg.chunk_size):
+        missing = tuple(p for p in c.prompts if p.index not in done)
+        if missing:
+            chunks.append(Chunk(c.chunk_id, c.owner, missing))
     driver = Driver(cfg, run_dir, listener, actor_cls)
     previous = _install_sigterm()
     try:
-        if todo:
+        if chunks:
             driver.start()
-            driver.generate(make_chunks(todo, replica_count(cfg), cfg.sharding, cfg.chunk_size))
+            driver.generate(chunks)
             driver.collect_windows()
     finally:
         driver.close()

@@ -1,0 +1,213 @@
+"""Answers the run table alone cannot give, as pure functions over records already on disk:
+is an accuracy difference between two layouts real (McNemar's exact test), do two layouts say the
+same thing (identical outputs, same extracted answer, correctness flips), where the time goes
+(straggler gap) and from which prompt count a layout's extra start-up pays for itself
+(break-even, one-sentence verdict). Nothing here reads files or prints; evaluator/report.py does.
+
+    python -m evaluator.report results/ --compare --show-flips
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from evaluator.records import ReplicaTiming, Sample
+
+
+class AnalysisError(ValueError):
+    """Two runs cannot be compared (e.g. they did not answer the same prompts)."""
+
+
+# --- equivalence --------------------------------------------------------------------------------
+def mcnemar_exact_p(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value for b and c discordant pairs.
+
+    Under "both layouts are equally accurate" each discordant prompt is a fair coin, so the
+    smaller count follows Binomial(b + c, 1/2); the p-value doubles its tail (capped at 1).
+    Concordant prompts carry no information about the difference, which is why 0.7839 vs 0.7817
+    over 1319 prompts can be pure noise. Exact integer sums (math.comb), so no scipy and no
+    normal approximation that misbehaves on a handful of flips."""
+    if b < 0 or c < 0:
+        raise ValueError(f"discordant counts must be >= 0 (got b={b}, c={c})")
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))
+    # int / int is exact-then-rounded in Python, so n in the thousands does not overflow
+    return min(1.0, 2 * tail / 2 ** n)
+
+
+@dataclass(frozen=True)
+class AccuracyTest:
+    """One score (strict or flexible) of a layout against its baseline on the same prompts."""
+    metric: str                  # "strict" or "flexible"
+    baseline_accuracy: float
+    accuracy: float
+    lost: int                    # baseline right, this layout wrong (McNemar's b)
+    gained: int                  # baseline wrong, this layout right (McNemar's c)
+    p_value: float
+
+    @property
+    def difference(self) -> float:
+        return self.accuracy - self.baseline_accuracy
+
+
+@dataclass(frozen=True)
+class Flip:
+    """A prompt whose correctness differs between baseline and layout under at least one score."""
+    index: int
+    baseline: Sample
+    other: Sample
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return tuple(m for m in ("strict", "flexible")
+                     if getattr(self.baseline, f"{m}_correct") != getattr(self.other, f"{m}_correct"))
+
+
+@dataclass(frozen=True)
+class Equivalence:
+    """How far a layout's answers match its baseline's, prompt by prompt."""
+    prompts: int
+    identical_outputs: int       # same first response text, character for character
+    same_answer: int             # same flexible prediction (both without a number counts as the same)
+    strict: AccuracyTest
+    flexible: AccuracyTest
+    flips: tuple[Flip, ...]
+
+    @property
+    def identical_rate(self) -> float:
+        return self.identical_outputs / self.prompts if self.prompts else 1.0
+
+    @property
+    def agreement_rate(self) -> float:
+        return self.same_answer / self.prompts if self.prompts else 1.0
+
+
+def _accuracy_test(metric: str, pairs: list[tuple[Sample, Sample]]) -> AccuracyTest:
+    key = f"{metric}_correct"
+    lost = sum(1 for a, b in pairs if getattr(a, key) and not getattr(b, key))
+    gained = sum(1 for a, b in pairs if not getattr(a, key) and getattr(b, key))
+    n = len(pairs)
+    return AccuracyTest(metric=metric,
+                        baseline_accuracy=sum(getattr(a, key) for a, _ in pairs) / n if n else 0.0,
+                        accuracy=sum(getattr(b, key) for _, b in pairs) / n if n else 0.0,
+                        lost=lost, gained=gained, p_value=mcnemar_exact_p(lost, gained))
+
+
+def compare_samples(baseline: list[Sample], other: list[Sample]) -> Equivalence:
+    """Pair the two runs' samples by global index (never by position: shards finish in any order)
+    and measure how far they agree. Both must hold exactly the same indices."""
+    base = {s.index: s for s in baseline}
+    mine = {s.index: s for s in other}
+    if len(base) != len(baseline) or len(mine) != len(other):
+        raise AnalysisError("a run holds the same index twice")
+    if base.keys() != mine.keys():
+        only_base, only_other = sorted(base.keys() - mine.keys()), sorted(mine.keys() - base.keys())
+        raise AnalysisError(f"the runs answered different prompts (only in baseline: {only_base[:5]}, "
+                            f"only in the other: {only_other[:5]})")
+    pairs = [(base[i], mine[i]) for i in sorted(base)]
+    flips = tuple(Flip(a.index, a, b) for a, b in pairs
+                  if a.strict_correct != b.strict_correct or a.flexible_correct != b.flexible_correct)
+    return Equivalence(prompts=len(pairs),
+                       identical_outputs=sum(1 for a, b in pairs if a.response == b.response),
+                       same_answer=sum(1 for a, b in pairs if a.flexible_pred == b.flexible_pred),
+                       strict=_accuracy_test("strict", pairs), flexible=_accuracy_test("flexible", pairs),
+                       flips=flips)
+
+
+# --- time ---------------------------------------------------------------------------------------
+def straggler_gap(replicas: tuple[ReplicaTiming, ...] | list[ReplicaTiming]) -> float:
+    """(slowest - fastest generate time) / slowest, over replicas that generated anything: the
+    share of the slowest replica's generate time that the others spent idle. 0 for one replica."""
+    times = [r.generate_s for r in replicas if r.prompts > 0]
+    if not times or max(times) <= 0:
+        return 0.0
+    return (max(times) - min(times)) / max(times)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A layout's measured time model: time(n) = startup_s + n * per_prompt_s.
+
+    Replicas start concurrently and the run waits for the slowest, so startup_s and generate_s
+    are the slowest replica's (as summary.json records them)."""
+    label: str
+    startup_s: float
+    per_prompt_s: float
+
+    def time_s(self, prompts: float) -> float:
+        return self.startup_s + prompts * self.per_prompt_s
+
+
+def cost(label: str, startup_s: float, generate_s: float, prompts: int) -> Cost:
+    """Per-prompt generate time measured over the whole run's batch; a run of more prompts batches
+    differently, so the model is a straight-line estimate around the measured count."""
+    if prompts < 0 or startup_s < 0 or generate_s < 0:
+        raise ValueError(f"{label}: times and prompt count must be >= 0")
+    return Cost(label=label, startup_s=startup_s, per_prompt_s=generate_s / prompts if prompts else 0.0)
+
+
+def break_even_prompts(layout: Cost, baseline: Cost) -> float | None:
+    """The prompt count at which the layout's extra start-up is repaid by its faster generation:
+    from there on it takes less total time than the baseline.
+
+    0.0 when the layout is never slower (no extra start-up, generation at least as fast);
+    None when it never catches up (generation not faster, and start-up not shorter; or generation
+    slower: then any head start is lost as the count grows, which the verdict reports)."""
+    extra_startup_s = layout.startup_s - baseline.startup_s
+    saved_per_prompt_s = baseline.per_prompt_s - layout.per_prompt_s
+    if saved_per_prompt_s < 0:
+        return None
+    if extra_startup_s <= 0:
+        return 0.0
+    if saved_per_prompt_s == 0:
+        return None
+    return extra_startup_s / saved_per_prompt_s
+
+
+def first_count_faster(layout: Cost, other: Cost) -> int | None:
+    """The smallest whole prompt count (>= 1) from which `layout` is strictly faster than `other`
+    and stays so; None when that never happens."""
+    if layout.per_prompt_s >= other.per_prompt_s:
+        # a line that is not steeper-down never stays ahead for ever; equal slopes: only if
+        # it starts faster, and then from the first prompt
+        if layout.per_prompt_s == other.per_prompt_s and layout.startup_s < other.startup_s:
+            return 1
+        return None
+    crossing = (layout.startup_s - other.startup_s) / (other.per_prompt_s - layout.per_prompt_s)
+    return max(1, math.floor(crossing) + 1)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    prompts: int
+    fastest: Cost
+    overtaker: Cost | None       # the first other layout to become faster as the count grows
+    overtakes_from: int | None   # prompt count from which it is faster
+
+    @property
+    def sentence(self) -> str:
+        head = (f"For {self.prompts} prompts {self.fastest.label} is fastest "
+                f"({self.fastest.time_s(self.prompts):.1f} s: start-up {self.fastest.startup_s:.1f} s "
+                f"+ {self.prompts} x {self.fastest.per_prompt_s:.3f} s)")
+        if self.overtaker is None:
+            return head + "; no other layout overtakes it at any prompt count."
+        return head + f"; {self.overtaker.label} overtakes it from {self.overtakes_from} prompts on."
+
+
+def verdict(costs: list[Cost], prompts: int) -> Verdict:
+    """Which layout is fastest at this prompt count, and which one (if any) overtakes it first as
+    the count grows. Ties at this count go to the lower start-up (it wins at smaller counts)."""
+    if not costs:
+        raise AnalysisError("no layout to compare")
+    fastest = min(costs, key=lambda c: (c.time_s(prompts), c.startup_s))
+    best: tuple[int, Cost] | None = None
+    for c in costs:
+        if c is fastest:
+            continue
+        n = first_count_faster(c, fastest)
+        if n is not None and (best is None or n < best[0]):
+            best = (max(n, prompts + 1), c)
+    return Verdict(prompts=prompts, fastest=fastest, overtaker=best[1] if best else None,
+                   overtakes_from=best[0] if best else None)

