@@ -23,8 +23,15 @@ class UsageError(ValueError):
     """Bad input: printed as one line, exit code 2, nothing written."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage block), still exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m evaluator",
         description="Evaluate one serving layout (dp replicas x tp devices each) of vLLM or SGLang on "
                     "GSM8K: start-up time, generate time, throughput and strict/flexible accuracy.",

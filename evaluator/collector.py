@@ -1,4 +1,6 @@
-"""Merge the replicas' answers back into one list, in rank order, then by index.
+"""Merge the replicas' answers back into one list: replicas are read in rank order and the
+result is ordered by global index. With contiguous shards that is rank order, then index (rank 0
+holds the lowest indices); after dynamic sharding or a re-run the index order still holds.
 
 Never zip-and-hope: a missing or duplicated index is an error that names the indices.
 
@@ -24,7 +26,7 @@ def _short(indices: Iterable[int]) -> str:
 
 def merge(by_rank: Mapping[int, Iterable[tuple[int, T]]], expected: Iterable[int]) -> list[tuple[int, int, T]]:
     """by_rank: {rank: [(index, item), ...]} in any order -> [(rank, index, item)] sorted by
-    (rank, index). Raises CollectError unless every expected index appears exactly once."""
+    index. Raises CollectError unless every expected index appears exactly once."""
     rows = [(rank, index, item) for rank in sorted(by_rank) for index, item in by_rank[rank]]
     counts = Counter(index for _, index, _ in rows)
     expected_set = set(expected)
@@ -37,5 +39,5 @@ def merge(by_rank: Mapping[int, Iterable[tuple[int, T]]], expected: Iterable[int
         raise CollectError(f"missing prompt indices: {_short(missing)}")
     if unexpected:
         raise CollectError(f"indices that were never asked for: {_short(unexpected)}")
-    rows.sort(key=lambda r: (r[0], r[1]))
+    rows.sort(key=lambda r: r[1])
     return rows

@@ -394,6 +394,8 @@ def execute(cfg: RunConfig, run_id: str, run_dir: RunDir, prompts: list[Prompt],
     finally:
         driver.close()
         _restore_sigterm(previous)
+    # engines are down; what follows (merge, score, store) is timed by evaluator.bench
+    driver.listener("closed", {})
     by_rank: dict[int, list] = {}
     for rank, recs in driver.results.items():
         by_rank.setdefault(rank, []).extend(recs.items())

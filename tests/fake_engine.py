@@ -1,0 +1,47 @@
+"""A hand-written fake engine for fast orchestration tests (failures, re-runs, timeouts, resume).
+
+It implements the same protocol as the real backends and runs inside the real Replica actor on
+real Ray; only the engine is fake. It never stands in for vLLM in an end-to-end test.
+Behaviour comes from the run's engine_kwargs, e.g. {"die_rank": 1, "die_after_chunks": 1}.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from evaluator.records import Completion, SamplingConfig
+from launchers.replica import Replica
+
+
+class FakeEngine:
+    def __init__(self, rank: int, behaviour: dict):
+        self.rank, self.b, self.calls = rank, behaviour, 0
+
+    def generate(self, prompts: list[str], params: SamplingConfig, seeds=None) -> list[Completion]:
+        b = self.b
+        if b.get("die_rank") == self.rank and self.calls >= b.get("die_after_chunks", 0):
+            os._exit(1)                     # like a process killed mid-generation
+        if b.get("raise_rank") == self.rank and self.calls >= b.get("raise_after_chunks", 0):
+            raise RuntimeError("fake engine exploded")
+        if b.get("hang_rank") == self.rank:
+            time.sleep(3600)
+        self.calls += 1
+        time.sleep(b.get("delay_s", 0.0) * (b.get("slow_factor", 1.0) if b.get("slow_rank") == self.rank else 1.0))
+        # the answer echoes the problem number so each index gets a distinct, checkable response
+        return [Completion(texts=(f"{p[-40:]} #### {len(p)}",), prompt_tokens=len(p.split()),
+                           completion_tokens=5) for p in prompts]
+
+    def close(self) -> None:
+        pass
+
+
+class FakeReplica(Replica):
+    def start(self):
+        b = self.spec.engine_kwargs
+        if b.get("fail_start_rank") == self.rank:
+            raise RuntimeError("fake engine could not start")
+        if b.get("hang_start_rank") == self.rank:
+            time.sleep(3600)
+        t0 = time.perf_counter()
+        self.engine = FakeEngine(self.rank, b)
+        return {**self.info(), "startup_s": time.perf_counter() - t0}

