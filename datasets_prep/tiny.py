@@ -21,7 +21,7 @@ CHAT_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role
                  "{% endif %}")
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-                   "special_tokens_map.json", "generation_config.json")
+                   "special_tokens_map.json", "chat_template.jinja")
 
 
 class TinyModelError(ValueError):
@@ -96,10 +96,10 @@ def make_random_model(config: Path, tokenizer: Path, out: Path, device: str = "c
     cfg = AutoConfig.from_pretrained(tmp)
     torch.manual_seed(0)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     model.save_pretrained(tmp, safe_serialization=True)
     for name in TOKENIZER_FILES:
-        if (tokenizer / name).is_file() and name != "generation_config.json":
+        if (tokenizer / name).is_file():
             shutil.copy(tokenizer / name, tmp / name)
     (tmp / "random_weights.json").write_text(json.dumps({"config": str(cfg_path), "tokenizer": str(tokenizer)}))
     shutil.rmtree(out, ignore_errors=True)

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ray = one engine per Ray actor (our DP); native = one engine using its own dp_size "
                         "(SGLang only)")
     g.add_argument("--cpu-cores-per-device", type=int, default=1, help="CPU cores that make one device on CPU hosts")
-    g.add_argument("--cpu-memory-fraction", type=float, default=0.3,
+    g.add_argument("--cpu-memory-fraction", type=float, default=0.5,
                    help="CPU hosts: fraction of RAM for all engines' KV caches together, split evenly "
                         "(vLLM-CPU's gpu_memory_utilization)")
     g.add_argument("--ray-address", help="join an existing Ray cluster (e.g. started by slurm/ray_cluster.sbatch)")
@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run-id", help="name of the run's folder (default: time-engine-mode-DPxTP)")
     e.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run: only missing prompts are generated")
     e.add_argument("--no-table", action="store_true", help="do not print the comparison table at the end")
+    e.add_argument("--engine-logs", action="store_true", help="stream the engines' own logs to stderr "
+                                                              "(otherwise they stay in Ray's log folder)")
     return p
 
 
@@ -183,7 +185,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         cpu_cores_per_device=args.cpu_cores_per_device, cpu_memory_fraction=args.cpu_memory_fraction,
         sharding=args.sharding, chunk_size=args.chunk_size, dp_backend=args.dp_backend,
         on_replica_failure=args.on_replica_failure, replica_timeout_s=args.replica_timeout,
-        ray_address=args.ray_address)
+        ray_address=args.ray_address, engine_logs=args.engine_logs)
 
 
 def default_run_id(cfg: RunConfig) -> str:

@@ -44,13 +44,14 @@ class RunConfig:
     max_model_len: int | None = None
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
     cpu_cores_per_device: int = 1
-    cpu_memory_fraction: float = 0.3
+    cpu_memory_fraction: float = 0.5
     sharding: str = "contiguous"
     chunk_size: int | None = None
     dp_backend: str = "ray"           # "ray" (one actor per replica) or "native" (engine's own DP)
     on_replica_failure: str = "rerun"
     replica_timeout_s: float | None = None
     ray_address: str | None = None
+    engine_logs: bool = False         # stream the engines' own logs (Ray workers) to stderr
 
     @property
     def layout(self) -> str:

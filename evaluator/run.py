@@ -137,12 +137,13 @@ class Driver:
         import ray
         if ray.is_initialized():
             return
+        logs = self.cfg.engine_logs
         if self.cfg.ray_address:
-            ray.init(address=self.cfg.ray_address, log_to_driver=False)
+            ray.init(address=self.cfg.ray_address, log_to_driver=logs)
         elif self.cfg.device == "cpu":
-            ray.init(num_cpus=len(usable_cpus()), num_gpus=0, include_dashboard=False, log_to_driver=False)
+            ray.init(num_cpus=len(usable_cpus()), num_gpus=0, include_dashboard=False, log_to_driver=logs)
         else:
-            ray.init(include_dashboard=False, log_to_driver=False)
+            ray.init(include_dashboard=False, log_to_driver=logs)
         self.started_ray = True
 
     def _make_actors(self) -> None:

@@ -11,11 +11,43 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import time
 from typing import Any
 
 from evaluator.records import SamplingConfig
 from launchers.engines.base import EngineSpec, build
+
+
+# Watches the actor from outside its process group; once the actor is gone (closed, killed by
+# the driver, or taken down with a SIGKILLed driver by Ray), it SIGKILLs what is left of the group,
+# i.e. the engine's processes, which would otherwise live on holding their memory.
+REAPER = """
+import os, signal, sys, time
+pid, pgid = int(sys.argv[1]), int(sys.argv[2])
+def alive():
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[21] == sys.argv[3]
+    except OSError:
+        return False
+while alive():
+    time.sleep(0.5)
+try:
+    os.killpg(pgid, signal.SIGKILL)
+except OSError:
+    pass
+"""
+
+
+def start_reaper() -> None:
+    pid = os.getpid()
+    with open(f"/proc/{pid}/stat") as f:
+        started = f.read().split()[21]
+    subprocess.Popen([sys.executable, "-c", REAPER, str(pid), str(os.getpgid(0)), started],
+                     start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, close_fds=True)
 
 
 def free_port() -> int:
@@ -32,6 +64,10 @@ class Replica:
             os.setpgid(0, 0)
         except OSError:
             pass  # already a group leader: the group is still ours alone
+        # only a group of our own may be killed wholesale (never Ray's or the driver's)
+        self.own_group = os.getpgid(0) == os.getpid()
+        if self.own_group and os.path.exists(f"/proc/{os.getpid()}/stat"):
+            start_reaper()
         os.environ.update(env)
         self.rank, self.engine_name, self.spec = rank, engine, spec
         self.engine = None
@@ -39,7 +75,7 @@ class Replica:
         self.busy_s = 0.0
 
     def info(self) -> dict[str, Any]:
-        return {"rank": self.rank, "pid": os.getpid(), "pgid": os.getpgid(0), "host": socket.gethostname(),
+        return {"rank": self.rank, "pid": os.getpid(), "pgid": os.getpgid(0) if self.own_group else None, "host": socket.gethostname(),
                 "devices": self.devices()}
 
     def devices(self) -> str:

