@@ -87,8 +87,10 @@ class Replica:
         """Build the engine; returns its construction time (the replica's start-up)."""
         spec = self.spec
         if self.engine_name == "sglang":
-            # free ports per engine, so two runs (or two replicas) on one node do not collide
-            kwargs = {"port": free_port(), "nccl_port": free_port(), **spec.engine_kwargs}
+            # a free port per engine, so two runs (or two replicas) on one node do not collide on
+            # SGLang's fixed default; its NCCL ports it already picks free itself, one per DP rank
+            # (a fixed nccl_port made its native DP fail: every rank tried to bind the same one)
+            kwargs = {"port": free_port(), **spec.engine_kwargs}
             spec = EngineSpec(**{**spec.__dict__, "engine_kwargs": kwargs})
         t0 = time.perf_counter()
         self.engine = build(self.engine_name, spec)

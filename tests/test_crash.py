@@ -110,6 +110,7 @@ def test_killed_replica_costs_no_prompt(killed_replica_run):
     assert wait_no_engines() == [], "the dead replica's engine processes were ended too"
 
 
+@pytest.mark.timeout(2400)
 def test_ctrl_c_then_sigkill_then_resume_equals_clean_run(killed_replica_run, tiny_model, gsm8k_parquet):
     reference = {s.index: s.response for s in RunDir(killed_replica_run[0]).read_samples()}
     out = killed_replica_run[0].parent
