@@ -69,6 +69,12 @@ class Replica:
         if self.own_group and os.path.exists(f"/proc/{os.getpid()}/stat"):
             start_reaper()
         os.environ.update(env)
+        binding = env.get("VLLM_CPU_OMP_THREADS_BIND")
+        if spec.device == "cpu" and binding and hasattr(os, "sched_setaffinity"):
+            # A CPU "device" is its cores, for the whole replica: vLLM pins only its model threads,
+            # and the scheduler and front end of a 1-device engine would otherwise use the other
+            # devices' cores for free, flattering single against dp.
+            os.sched_setaffinity(0, {int(c) for group in binding.split("|") for c in group.split(",")})
         self.rank, self.engine_name, self.spec = rank, engine, spec
         self.engine = None
         self.first_start = self.last_end = None
