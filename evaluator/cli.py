@@ -13,7 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from evaluator.layout import MODES, LayoutError, cpu_device_count, cuda_device_count, detect_device, resolve
+from evaluator.layout import (MODES, LayoutError, cpu_device_count, cuda_device_count, detect_device, gpu_memory_gib,
+                              gpus_without_p2p, resolve, weight_bytes)
 from evaluator.records import RunConfig, SamplingConfig
 from evaluator.sharding import SHARDING_MODES
 from launchers.engines.base import ENGINES, EngineNotAvailable, check_installed
@@ -127,6 +128,19 @@ def _model_heads(model: str) -> int | None:
     return getattr(getattr(cfg, "text_config", cfg), "num_attention_heads", None)
 
 
+def _check_gpu_fit(model: str, tp: int) -> None:
+    """Refuse a layout whose replica cannot even hold the weights; warn where NCCL needs help."""
+    weights, gib = weight_bytes(model), gpu_memory_gib()
+    if weights and gib and weights / tp > 0.9 * gib * 2**30:
+        raise UsageError(f"the model's weights ({weights / 2**30:.1f} GiB) do not fit in tp={tp} GPU(s) of "
+                         f"{gib:.0f} GiB each (leaving room for the KV cache); use a larger --tp")
+    missing = gpus_without_p2p(tp)
+    if missing and "NCCL_P2P_DISABLE" not in os.environ:
+        pairs = ", ".join(f"{i}-{j}" for i, j in missing)
+        print(f"warning: GPU pair(s) {pairs} lack peer-to-peer access; if tensor parallel hangs or crawls, "
+              f"run with NCCL_P2P_DISABLE=1", file=sys.stderr)
+
+
 def _writable(output_dir: str) -> None:
     path = Path(output_dir)
     probe = path
@@ -173,6 +187,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     heads = _model_heads(args.model)
     if heads and heads % layout.tp:
         raise UsageError(f"tp={layout.tp} does not divide the model's {heads} attention heads")
+    if device == "cuda":
+        _check_gpu_fit(args.model, layout.tp)
     _writable(args.output_dir)
     model = str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model
     return RunConfig(

@@ -100,3 +100,52 @@ def cpu_thread_binding(rank: int, tp: int, cores_per_device: int) -> str:
         cores = cpus[device * cores_per_device:(device + 1) * cores_per_device]
         groups.append(",".join(map(str, cores)))
     return "|".join(groups)
+
+
+def _nvidia_smi(*args: str) -> str:
+    try:
+        return subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def gpu_memory_gib() -> float | None:
+    """Total memory of the smallest visible GPU, or None when nvidia-smi cannot tell."""
+    out = _nvidia_smi("--query-gpu=memory.total", "--format=csv,noheader,nounits")
+    values = [float(v) for v in out.split() if v.strip().replace(".", "", 1).isdigit()]
+    return min(values) / 1024 if values else None
+
+
+def parse_p2p_matrix(text: str) -> dict[tuple[int, int], bool]:
+    """`nvidia-smi topo -p2p r` -> {(i, j): peer-to-peer read supported}."""
+    result = {}
+    for line in text.splitlines():
+        cells = line.split()
+        if len(cells) < 2 or not cells[0].startswith("GPU") or not cells[0][3:].isdigit():
+            continue
+        if all(c.startswith("GPU") for c in cells):      # the header row
+            continue
+        i = int(cells[0][3:])
+        for j, cell in enumerate(cells[1:]):
+            if cell != "X":
+                result[(i, j)] = cell == "OK"
+    return result
+
+
+def gpus_without_p2p(tp: int) -> list[tuple[int, int]]:
+    """Pairs among the first tp visible GPUs that cannot read each other's memory directly
+    (consumer cards such as the 4090 cannot): NCCL may then hang or crawl in tensor parallel."""
+    if tp <= 1:
+        return []
+    matrix = parse_p2p_matrix(_nvidia_smi("topo", "-p2p", "r"))
+    return sorted((i, j) for (i, j), ok in matrix.items() if i < j < tp and not ok)
+
+
+def weight_bytes(model: str) -> int | None:
+    """Bytes of the weight files in a local model folder (None for hub ids or unknown layouts)."""
+    from pathlib import Path
+    path = Path(model)
+    if not path.is_dir():
+        return None
+    files = list(path.glob("*.safetensors")) or list(path.glob("*.bin"))
+    return sum(f.stat().st_size for f in files) or None

@@ -156,3 +156,19 @@ def test_prep_names_the_row_without_a_final_answer(tmp_path):
 
 def test_packaged_gsm8k_test_split_has_1319_rows(tmp_path):
     assert prepare(tmp_path / "t.parquet", "test", "packaged", log=lambda m: None) == 1319
+
+
+def test_p2p_matrix_of_consumer_cards():
+    """nvidia-smi topo -p2p r on two 4090s: no peer-to-peer, which NCCL needs to be told."""
+    from evaluator.layout import parse_p2p_matrix
+    text = ("        GPU0    GPU1\n GPU0   X       CNS\n GPU1   CNS     X\n\nLegend:\n  X    = Self\n  OK   = Status Ok\n")
+    assert parse_p2p_matrix(text) == {(0, 1): False, (1, 0): False}
+    linked = "        GPU0    GPU1\n GPU0   X       OK\n GPU1   OK      X\n"
+    assert parse_p2p_matrix(linked) == {(0, 1): True, (1, 0): True}
+
+
+def test_weight_bytes_of_a_local_folder(tmp_path):
+    from evaluator.layout import weight_bytes
+    (tmp_path / "model-00001.safetensors").write_bytes(b"x" * 100)
+    (tmp_path / "model-00002.safetensors").write_bytes(b"x" * 50)
+    assert weight_bytes(str(tmp_path)) == 150 and weight_bytes("Qwen/Qwen2.5-7B-Instruct") is None
