@@ -170,13 +170,23 @@ def first_count_faster(layout: Cost, other: Cost) -> int | None:
     """The smallest whole prompt count (>= 1) from which `layout` is strictly faster than `other`
     and stays so; None when that never happens."""
     if layout.per_prompt_s >= other.per_prompt_s:
-        # a line that is not steeper-down never stays ahead for ever; equal slopes: only if
-        # it starts faster, and then from the first prompt
+        # not faster per prompt: any lead is lost as the count grows, unless the slopes are
+        # equal and it starts sooner, when it leads from the first prompt on
         if layout.per_prompt_s == other.per_prompt_s and layout.startup_s < other.startup_s:
             return 1
         return None
     crossing = (layout.startup_s - other.startup_s) / (other.per_prompt_s - layout.per_prompt_s)
     return max(1, math.floor(crossing) + 1)
+
+
+def faster_until(layout: Cost, baseline: Cost) -> int | None:
+    """The largest whole prompt count at which a layout that starts sooner but generates slower
+    still beats the baseline; None when it is not such a layout or never leads at a whole count."""
+    if layout.startup_s >= baseline.startup_s or layout.per_prompt_s <= baseline.per_prompt_s:
+        return None
+    crossing = (baseline.startup_s - layout.startup_s) / (layout.per_prompt_s - baseline.per_prompt_s)
+    last = math.ceil(crossing) - 1
+    return last if last >= 1 else None
 
 
 @dataclass(frozen=True)
@@ -185,9 +195,13 @@ class Verdict:
     fastest: Cost
     overtaker: Cost | None       # the first other layout to become faster as the count grows
     overtakes_from: int | None   # prompt count from which it is faster
+    alone: bool = False          # the only layout measured on this workload
 
     @property
     def sentence(self) -> str:
+        if self.alone:
+            return (f"For {self.prompts} prompts only {self.fastest.label} was measured "
+                    f"({self.fastest.time_s(self.prompts):.1f} s); run other layouts to compare.")
         head = (f"For {self.prompts} prompts {self.fastest.label} is fastest "
                 f"({self.fastest.time_s(self.prompts):.1f} s: start-up {self.fastest.startup_s:.1f} s "
                 f"+ {self.prompts} x {self.fastest.per_prompt_s:.3f} s)")
@@ -210,4 +224,4 @@ def verdict(costs: list[Cost], prompts: int) -> Verdict:
         if n is not None and (best is None or n < best[0]):
             best = (max(n, prompts + 1), c)
     return Verdict(prompts=prompts, fastest=fastest, overtaker=best[1] if best else None,
-                   overtakes_from=best[0] if best else None)
+                   overtakes_from=best[0] if best else None, alone=len(costs) == 1)

@@ -39,26 +39,29 @@ def plot_runs(bars: list[Bar], path: str | Path, title: str = "Time and accuracy
     ax.bar(x, generate, width=0.6, bottom=startup, color="#2f5d9e", label="generate s")
     for i, b in enumerate(bars):
         # the split in numbers too: a generate slice of 0.1 s under 50 s of start-up has no visible height
-        ax.annotate(f"{b.startup_s:.1f} + {b.generate_s:.2g} s", (i, b.startup_s + b.generate_s),
+        gen = f"{b.generate_s:.1f}" if b.generate_s >= 1 else f"{b.generate_s:.2g}"
+        ax.annotate(f"{b.startup_s:.1f} + {gen} s", (i, b.startup_s + b.generate_s),
                     ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
     ax.set_ylabel("seconds (start-up + generate)")
     ax.set_xlabel("layout (dp×tp)")
     ax.set_xticks(x)
-    ax.set_xticklabels([b.label for b in bars], rotation=20 if len(bars) > 4 else 0, ha="right" if len(bars) > 4 else "center")
+    crowded = len(bars) > 4
+    ax.set_xticklabels([b.label for b in bars], rotation=20 if crowded else 0, ha="right" if crowded else "center")
     ax.set_ylim(0, max(s + g for s, g in zip(startup, generate)) * 1.15 or 1.0)
 
     acc = ax.twinx()
     # side by side, so equal strict and flexible scores do not hide one another
-    acc.plot([i - 0.12 for i in x], [b.strict_accuracy for b in bars], "o", color="#d1495b", markersize=8, label="strict accuracy")
-    acc.plot([i + 0.12 for i in x], [b.flexible_accuracy for b in bars], "D", color="#edae49", markersize=7, markerfacecolor="none",
-             markeredgewidth=2, label="flexible accuracy")
+    acc.plot([i - 0.12 for i in x], [b.strict_accuracy for b in bars], "o", color="#d1495b", markersize=8,
+             label="strict accuracy")
+    acc.plot([i + 0.12 for i in x], [b.flexible_accuracy for b in bars], "D", color="#edae49", markersize=7,
+             markerfacecolor="none", markeredgewidth=2, label="flexible accuracy")
     acc.set_ylim(-0.03, 1.05)   # a score of 0 stays visible above the axis
     acc.set_ylabel("accuracy")
 
     # one legend for both axes, outside the bars so it never hides one
     handles = ax.get_legend_handles_labels()[0] + acc.get_legend_handles_labels()[0]
-    ax.legend(handles, [h.get_label() for h in handles], loc="upper center", bbox_to_anchor=(0.5, -0.14 if len(bars) <= 4 else -0.25),
-              ncol=4, fontsize=8, frameon=False)
+    ax.legend(handles, [h.get_label() for h in handles], loc="upper center",
+              bbox_to_anchor=(0.5, -0.25 if crowded else -0.14), ncol=4, fontsize=8, frameon=False)
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path)

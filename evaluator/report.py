@@ -258,7 +258,9 @@ def _break_even(run: FoundRun, base: FoundRun | None, costs: dict[Path, analysis
         return "baseline"
     n = analysis.break_even_prompts(costs[run.path], costs[base.path])
     if n is None:
-        return "never"
+        # slower per prompt but quicker to start: it wins only while the count is small
+        last = analysis.faster_until(costs[run.path], costs[base.path])
+        return "never" if last is None else f"up to {last}"
     if n == 0:
         return "always"
     return f"from {math.floor(n) + 1}"
@@ -293,7 +295,8 @@ def print_timing(group: list[FoundRun], chosen: FoundRun | None, console: Consol
                   base.summary.run_id if base else "-", _break_even(r, base, costs))
     console.print(t)
     console.print("straggler gap = (slowest - fastest replica generate s) / slowest; "
-                  "faster than baseline = prompt count from which the extra start-up is repaid.", style="dim")
+                  "faster than baseline = prompt counts at which the layout beats the baseline in total time "
+                  "(from N: its extra start-up is repaid there).", style="dim")
     console.print(analysis.verdict(list(costs.values()), group[0].summary.prompts).sentence, markup=False)
 
 
@@ -358,10 +361,13 @@ def compare(runs: list[FoundRun], console: Console, chosen: FoundRun | None = No
         if equivalence:
             if pairs:
                 print_equivalence(group, pairs, console)
+            elif len(group) == 1:
+                console.print(f"({describe_group(group)}: only {group[0].summary.run_id} answered these prompts "
+                              f"with these settings, nothing to pair it with)", style="dim", markup=False)
             else:
                 console.print(f"({describe_group(group)}: no baseline to compare "
                               f"{', '.join(r.summary.run_id for r in group)} with; "
-                              f"run a single-device layout or pass --baseline)", style="dim")
+                              f"run a single-device layout or pass --baseline)", style="dim", markup=False)
         if timing:
             print_timing(group, chosen, console)
         if show_flips:
@@ -409,6 +415,13 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.paths:
         if not Path(path).exists():
             parser.exit(2, f"error: {path} does not exist\n")
+    # sweep folders (launchers.sweep): one row per task, failed and never-run ones too, + report.csv/.md
+    from evaluator import sweep_report
+    if all(sweep_report.is_sweep_dir(p) for p in args.paths):
+        for path in args.paths:
+            sweep_report.report(path)
+        if all(v == parser.get_default(k) for k, v in vars(args).items() if k != "paths"):
+            return 0
     found = find_runs(*args.paths)
     runs = [r.summary for r in found]
     if not runs:

@@ -6,14 +6,12 @@ add three more: balanced and dynamic sharding of the dp2 workload, and one maj@3
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 from pathlib import Path
 
 import pytest
 
-from evaluator import analysis, report
+from evaluator import analysis
 from evaluator.analysis import Cost, break_even_prompts, compare_samples, mcnemar_exact_p, verdict
 from evaluator.records import ReplicaTiming, RunConfig, RunSummary, Sample, SamplingConfig
 from evaluator.scoring import flexible_extract, is_correct, majority, strict_extract
@@ -54,6 +52,10 @@ def write_run(root: Path, run_id: str, samples: list[Sample], dp: int = 1, tp: i
     d.write_samples(samples)
     d.write_summary(summary)
     return d.path
+
+
+# a real run is ~1 min, but the engine lock may be held by another session's runs first
+LOCKED_RUN_S = 1500
 
 
 def report_cli(*args: str):
@@ -130,6 +132,11 @@ def test_break_even_math():
     assert break_even_prompts(Cost("x", 5.0, 2.0), baseline) is None                     # slower per prompt
     assert analysis.first_count_faster(dp2, baseline) == 41
     assert analysis.first_count_faster(Cost("x", 30.0, 0.5), Cost("y", 10.0, 0.5)) is None
+    # quicker to start, slower per prompt: 5 + 3n < 10 + 1n while n < 2.5
+    assert analysis.faster_until(Cost("x", 5.0, 3.0), baseline) == 2
+    assert analysis.faster_until(Cost("x", 5.0, 2.0), baseline) == 4               # n = 5 is a tie
+    assert analysis.faster_until(Cost("x", 5.0, 6.0), baseline) is None            # leads only below 1
+    assert analysis.faster_until(dp2, baseline) is None                            # not that kind of layout
 
 
 def test_verdict_sentence():
@@ -141,13 +148,16 @@ def test_verdict_sentence():
     v = verdict([single, dp2, tp2], prompts=1000)                  # 2x1: 530 s, 1x2: 460 s
     assert v.fastest is tp2 and v.overtaker is None
     assert v.sentence.endswith("no other layout overtakes it at any prompt count.")
-    assert v.sentence.count(".") >= 1 and "\n" not in v.sentence
+    assert "\n" not in v.sentence
+    assert verdict([single], prompts=13).sentence == ("For 13 prompts only 1x1 was measured (23.0 s); "
+                                                      "run other layouts to compare.")
 
 
 # --- the report on fabricated runs ----------------------------------------------------------------
 @pytest.fixture
 def fabricated(tmp_path) -> Path:
-    """single, dp2 (same answers but one flip) and tp2, 10 prompts; questions in a real parquet."""
+    """single, dp2 (same answers but one flip), tp2 and a quick-to-start but slow 1x2, 10 prompts;
+    questions in a real parquet."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     data = tmp_path / "data.parquet"
@@ -156,11 +166,12 @@ def fabricated(tmp_path) -> Path:
                                           "extra_info": {"index": i, "question": f"How many [bold]apples[/] {i}?"}}
                                          for i in range(10)]), data)
     base = [sample(i, "#### 7" if i % 2 else "#### 5") for i in range(10)]
-    flipped = [dataclasses.replace(s) if s.index != 2 else sample(2, "[x] #### 7") for s in base]
+    flipped = [s if s.index != 2 else sample(2, "[x] #### 7") for s in base]
     root = tmp_path / "results"
     write_run(root, "single", base, startup_s=10.0, generate_s=[20.0], data=str(data), started=1)
     write_run(root, "dp2", flipped, dp=2, startup_s=20.0, generate_s=[5.0, 4.0], data=str(data), started=2)
     write_run(root, "tp2", base, tp=2, startup_s=40.0, generate_s=[8.0], data=str(data), started=3)
+    write_run(root, "quick", base, tp=2, startup_s=5.0, generate_s=[30.0], data=str(data), started=4)
     return root
 
 
@@ -174,7 +185,9 @@ def test_report_compare_fabricated(fabricated):
     assert "1: 2" in out                             # dp2 flipped index 2
     assert "20.0%" in out                            # dp2 straggler gap (5 - 4) / 5
     # single: 10 + n*2; dp2: 20 + n*0.5 -> equal at 6.67 prompts; tp2: 40 + n*0.8
-    assert "from 7" in out
+    assert "from 7" in out and "from 26" in out
+    # quick: 5 + n*3 beats single (10 + n*2) below 5 prompts only
+    assert "up to 4" in out
     assert "For 10 prompts vllm 2x1 is fastest" in " ".join(out.split())
     assert not (fabricated / "report.png").exists()
 
@@ -214,6 +227,14 @@ def test_report_timing_only_and_plot(fabricated, tmp_path):
     assert (fabricated / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_report_compare_survives_missing_samples(fabricated):
+    """A run folder without samples.jsonl (copied summary only) is named in its row, not fatal."""
+    (fabricated / "tp2" / "samples.jsonl").unlink()
+    r = report_cli(fabricated, "--compare", "--no-plot")
+    assert r.returncode == 0, r.stderr
+    assert "FileNotFoundError" in r.stdout and "90.0% (9/10)" in r.stdout
+
+
 def test_report_majority_columns(tmp_path):
     sampling = SamplingConfig(max_tokens=12, temperature=0.8, n=3)
     s = [sample(0, "#### 7", responses=("#### 7", "#### 5", "#### 5"), strict_maj="5", strict_maj_correct=False,
@@ -231,11 +252,11 @@ def test_table_without_majority_has_no_maj_columns(fabricated):
 
 # --- real runs ----------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_compare_layout_runs(layout_runs):
+def test_compare_layout_runs(layout_runs, tmp_path):
     """dp2 and tp2 against the single-device run of the same real workload."""
     root = layout_runs["single"].parent
-    png = root / "report.png"
-    r = report_cli(root, "--compare", "--show-flips")
+    png = tmp_path / "report.png"        # not in the shared results folder other tests read
+    r = report_cli(root, "--compare", "--show-flips", "--plot", png)
     assert r.returncode == 0, r.stderr
     out = " ".join(r.stdout.split())
     for run in ("dp2", "tp2"):
@@ -256,13 +277,14 @@ def sharded_runs(tiny_model, gsm8k_parquet, tmp_path_factory) -> dict[str, Path]
     runs = {}
     for mode in ("balanced", "dynamic"):
         r = evaluate(tiny_model, gsm8k_parquet, out, "--mode", "dp", "--gpus", "2", "--limit", "13",
-                     "--sharding", mode, "--no-table", run_id=f"dp2-{mode}")
+                     "--sharding", mode, "--no-table", run_id=f"dp2-{mode}", timeout=LOCKED_RUN_S)
         assert r.returncode == 0, f"{mode} failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
         runs[mode] = out / f"dp2-{mode}"
     return runs
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2 * LOCKED_RUN_S + 900)
 def test_balanced_and_dynamic_match_contiguous(layout_runs, sharded_runs):
     """At temperature 0 the sharding changes who answers a prompt, never the answer: merged by
     index, every response equals the contiguous dp2 run's. The report labels each mode and
@@ -276,28 +298,30 @@ def test_balanced_and_dynamic_match_contiguous(layout_runs, sharded_runs):
         assert summary.config.sharding == mode
         assert sum(r.prompts for r in summary.replicas) == 13
         assert summary.straggler_gap == pytest.approx(analysis.straggler_gap(summary.replicas))
-    # balanced cuts by prompt tokens: the fixture's prompts differ in length, so not 7 + 6
-    balanced = RunDir(sharded_runs["balanced"]).read_summary()
-    assert sorted(r.prompts for r in balanced.replicas) != [6, 7]
+    # balanced keeps contiguous ranges (cut by prompt tokens); dynamic hands out many small chunks
+    ranks = [s.rank for s in RunDir(sharded_runs["balanced"]).read_samples()]
+    assert ranks == sorted(ranks) and set(ranks) == {0, 1}
+    assert sum(r.chunks for r in RunDir(sharded_runs["dynamic"]).read_summary().replicas) > 2
 
     r = report_cli(layout_runs["single"].parent, sharded_runs["balanced"].parent, "--compare", "--no-plot")
     assert r.returncode == 0, r.stderr
     out = r.stdout
     for mode, path in sharded_runs.items():
         gap = analysis.straggler_gap(RunDir(path).read_summary().replicas)
-        row = next(line for line in out.splitlines() if f"dp2-{mode}" in line and "%" in line and "s/prompt" not in line
-                   and "/13)" not in line)
+        row = next(line for line in out.splitlines()
+                   if f"dp2-{mode}" in line and "%" in line and "/13)" not in line)
         assert f"2x1 {mode}" in row and f"{100 * gap:.1f}%" in row
         eq_row = next(line for line in out.splitlines() if f"dp2-{mode}" in line and "/13)" in line)
         assert f"2x1 {mode}" in eq_row
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(LOCKED_RUN_S + 300)
 def test_majority_vote_real_run(tiny_model, gsm8k_parquet, tmp_path):
     """--n 3 at temperature 0.8: each sample keeps its 3 responses, and the stored votes are what
     the scoring functions give for them (ties to the answer that came first)."""
     r = evaluate(tiny_model, gsm8k_parquet, tmp_path, "--mode", "single", "--gpus", "1", "--limit", "8",
-                 "--n", "3", "--temperature", "0.8", "--no-table", run_id="maj3")
+                 "--n", "3", "--temperature", "0.8", "--no-table", run_id="maj3", timeout=LOCKED_RUN_S)
     assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
     run = RunDir(tmp_path / "maj3")
     samples, summary = run.read_samples(), run.read_summary()
