@@ -65,7 +65,7 @@ def gsm8k_parquet(gsm8k_jsonl, tmp_path_factory) -> Path:
 
 
 def evaluate(model: Path, data: Path, out: Path, *extra: str, run_id: str | None = None,
-             timeout: float = 600) -> subprocess.CompletedProcess:
+             timeout: float = 1500) -> subprocess.CompletedProcess:
     args = ["-m", "evaluator", "--engine", "vllm", "--device", "cpu", "--model", str(model), "--data", str(data),
             "--output-dir", str(out), "--max-tokens", "12", *FAST_CPU, *extra]
     if run_id:
