@@ -58,17 +58,22 @@ def resolve(mode: str, gpus: int, dp: int | None = None, tp: int | None = None) 
     return layout
 
 
+def nvidia_smi(*args: str) -> str:
+    """nvidia-smi's output, or "" where it is missing or fails (hosts without GPU)."""
+    if not shutil.which("nvidia-smi"):
+        return ""
+    try:
+        return subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def cuda_device_count() -> int:
     """GPUs this process may use, without initialising CUDA (nvidia-smi, then CUDA_VISIBLE_DEVICES)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and visible.strip() in ("", "-1"):
         return 0
-    if not shutil.which("nvidia-smi"):
-        return 0
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
+    out = nvidia_smi("-L")
     count = sum(1 for line in out.splitlines() if line.startswith("GPU "))
     if visible:
         count = min(count, len([v for v in visible.split(",") if v.strip()]))
@@ -102,16 +107,9 @@ def cpu_thread_binding(rank: int, tp: int, cores_per_device: int) -> str:
     return "|".join(groups)
 
 
-def _nvidia_smi(*args: str) -> str:
-    try:
-        return subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 def gpu_memory_gib() -> float | None:
     """Total memory of the smallest visible GPU, or None when nvidia-smi cannot tell."""
-    out = _nvidia_smi("--query-gpu=memory.total", "--format=csv,noheader,nounits")
+    out = nvidia_smi("--query-gpu=memory.total", "--format=csv,noheader,nounits")
     values = [float(v) for v in out.split() if v.strip().replace(".", "", 1).isdigit()]
     return min(values) / 1024 if values else None
 
@@ -137,7 +135,7 @@ def gpus_without_p2p(tp: int) -> list[tuple[int, int]]:
     (consumer cards such as the 4090 cannot): NCCL may then hang or crawl in tensor parallel."""
     if tp <= 1:
         return []
-    matrix = parse_p2p_matrix(_nvidia_smi("topo", "-p2p", "r"))
+    matrix = parse_p2p_matrix(nvidia_smi("topo", "-p2p", "r"))
     return sorted((i, j) for (i, j), ok in matrix.items() if i < j < tp and not ok)
 
 

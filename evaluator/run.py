@@ -13,14 +13,13 @@ import importlib.metadata
 import os
 import platform
 import signal
-import subprocess
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from evaluator.collector import merge
-from evaluator.layout import cpu_thread_binding, usable_cpus
+from evaluator.layout import cpu_thread_binding, nvidia_smi, usable_cpus
 from evaluator.records import (Completion, Prompt, ReplicaTiming, RunConfig, RunSummary, Sample)
 from evaluator.scoring import flexible_extract, is_correct, majority, strict_extract
 from evaluator.sharding import Chunk, make_chunks
@@ -71,12 +70,7 @@ def versions(engine: str) -> dict[str, str]:
 
 def device_name(cfg: RunConfig) -> str:
     if cfg.device == "cuda":
-        try:
-            names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                                   capture_output=True, text=True, timeout=30).stdout.split("\n")
-            return names[0].strip() or "cuda"
-        except (OSError, subprocess.SubprocessError):
-            return "cuda"
+        return nvidia_smi("--query-gpu=name", "--format=csv,noheader").split("\n")[0].strip() or "cuda"
     model = platform.processor() or "cpu"
     try:
         with open("/proc/cpuinfo") as f:

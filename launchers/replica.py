@@ -105,7 +105,7 @@ class Replica:
     def generate(self, chunk_id: int, prompts: list[str], params: SamplingConfig,
                  seeds: list[int] | None) -> dict[str, Any]:
         t0 = time.time()
-        completions = self.engine.generate(prompts, params, seeds) if seeds else self.engine.generate(prompts, params)
+        completions = self.engine.generate(prompts, params, seeds)
         t1 = time.time()
         self.first_start = self.first_start or t0
         self.last_end = t1

@@ -30,7 +30,7 @@ import pytest
 from evaluator import sweep_report
 from evaluator.records import ReplicaTiming, RunConfig, RunSummary, SamplingConfig
 from launchers import sweep
-from launchers.sweep import SweepError, SweepLine
+from launchers.sweep import SweepError
 from tests.conftest import FAST_CPU, LOCK, ROOT, last_json, run_cli
 
 
