@@ -19,8 +19,10 @@ from tests.test_e2e import engine_processes
 
 pytestmark = pytest.mark.slow
 
-# 40 prompts x 160 tokens in chunks of 2: long enough on two cores to act mid-generation
-WORK = ["--mode", "dp", "--gpus", "2", "--limit", "40", "--max-tokens", "160", "--ignore-eos", "--chunk-size", "2"]
+# 40 prompts x 256 tokens, one prompt per chunk: 20 chunks per replica of ~0.3-0.5 s each on two
+# cores, so there is time to act mid-generation. The replica test does not rely on that margin
+# alone: it freezes the replica's engine (SIGSTOP) and checks work is left before it kills it.
+WORK = ["--mode", "dp", "--gpus", "2", "--limit", "40", "--max-tokens", "256", "--ignore-eos", "--chunk-size", "1"]
 
 
 def start(model, data, out, run_id=None, resume=None) -> subprocess.Popen:
@@ -50,27 +52,42 @@ def evaluator_pid(proc: subprocess.Popen, timeout=900) -> int:
     raise AssertionError("evaluator never started")
 
 
-def wait_for_chunks(run_dir: Path, n: int, proc: subprocess.Popen, timeout=600) -> None:
-    deadline = time.time() + timeout
+def finished_ranks(run_dir: Path) -> list[int]:
+    """The replica rank of every whole record in partial.jsonl (one per finished prompt)."""
     partial = run_dir / "partial.jsonl"
+    if not partial.exists():
+        return []
+    return [json.loads(line)["rank"] for line in partial.read_text().splitlines(keepends=True) if line.endswith("\n")]
+
+
+def wait_for_chunks(run_dir: Path, n: int, proc: subprocess.Popen, timeout=600, rank=None) -> None:
+    """Until `n` prompts are on disk (from replica `rank` only, if given); polls fast, as tests act on it."""
+    deadline = time.time() + timeout
     while time.time() < deadline:
-        if partial.exists() and len(partial.read_text().splitlines()) >= n:
+        ranks = finished_ranks(run_dir)
+        if len([r for r in ranks if rank is None or r == rank]) >= n:
             return
         if proc.poll() is not None:
             raise AssertionError(f"evaluator ended early: {proc.communicate()}")
-        time.sleep(0.1)
+        time.sleep(0.02)
     raise AssertionError("no chunk finished in time")
 
 
-def engine_core_of(rank_binding: str) -> psutil.Process:
-    """The vLLM EngineCore whose threads are pinned to `rank_binding` (replica 1 -> "1")."""
-    for p in psutil.process_iter(["name", "cmdline"]):
-        try:
-            if "EngineCore" in (p.info["name"] or "") + " ".join(p.info["cmdline"] or []):
-                if p.environ().get("VLLM_CPU_OMP_THREADS_BIND") == rank_binding:
-                    return p
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
+def engine_core_of(rank_binding: str, proc: subprocess.Popen, timeout=900) -> psutil.Process:
+    """The vLLM EngineCore whose threads are pinned to `rank_binding` (replica 1 -> "1"), waited for
+    while the engines start (the lock may first be held by another test session for a while)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for p in psutil.process_iter(["name", "cmdline"]):
+            try:
+                if "EngineCore" in (p.info["name"] or "") + " ".join(p.info["cmdline"] or []):
+                    if p.environ().get("VLLM_CPU_OMP_THREADS_BIND") == rank_binding:
+                        return p
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        if proc.poll() is not None:
+            raise AssertionError(f"evaluator ended early: {proc.communicate()}")
+        time.sleep(0.5)
     raise AssertionError(f"no engine pinned to {rank_binding}")
 
 
@@ -83,14 +100,20 @@ def wait_no_engines(timeout=30) -> list[str]:
 
 @pytest.fixture(scope="module")
 def killed_replica_run(tiny_model, gsm8k_parquet, tmp_path_factory):
-    """dp=2, and replica 1's actor process is SIGKILLed after the first chunks are on disk."""
+    """dp=2, and replica 1's actor process is SIGKILLed mid-generation: once its first chunk is on
+    disk its engine is frozen (SIGSTOP, so it cannot finish its share before the kill lands), the
+    test checks work is left, and the actor is killed."""
     out = tmp_path_factory.mktemp("crash")
     proc = start(tiny_model, gsm8k_parquet, out, "killed")
     evaluator_pid(proc)
-    wait_for_chunks(out / "killed", 2, proc)
-    actor = engine_core_of("1").parent()
+    core = engine_core_of("1", proc)           # found during start-up, so nothing is searched later
+    actor = core.parent()
     assert "Replica" in " ".join(actor.cmdline()) or "ray::" in actor.name()
-    actor.kill()
+    wait_for_chunks(out / "killed", 1, proc, rank=1)
+    core.suspend()
+    done_by_1 = finished_ranks(out / "killed").count(1)
+    assert done_by_1 < 20, f"replica 1 finished its whole share ({done_by_1}) before it could be stopped"
+    actor.kill()                               # its reaper then ends the frozen engine
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-4000:]
     return out / "killed", stdout, stderr
