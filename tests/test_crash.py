@@ -73,22 +73,43 @@ def wait_for_chunks(run_dir: Path, n: int, proc: subprocess.Popen, timeout=600, 
     raise AssertionError("no chunk finished in time")
 
 
-def engine_core_of(rank_binding: str, proc: subprocess.Popen, timeout=900) -> psutil.Process:
-    """The vLLM EngineCore whose threads are pinned to `rank_binding` (replica 1 -> "1"), waited for
-    while the engines start (the lock may first be held by another test session for a while)."""
+def _comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as f:
+        return f.read().strip()
+
+
+def _ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def replica_processes(core: int, proc: subprocess.Popen, timeout=900) -> tuple[int, int]:
+    """(actor pid, vLLM EngineCore pid) of the replica pinned to CPU `core`, waited for while the
+    engines start (the lock may first be held by another test session for a while). Found from
+    each process's comm, parent and CPU affinity only: a psutil scan that read every process's
+    cmdline and environ missed the engine for a whole run in CI, or found it seconds late."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        for p in psutil.process_iter(["name", "cmdline"]):
+        procs = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    procs[int(entry)] = (_comm(int(entry)), _ppid(int(entry)))
+                except (OSError, ValueError, IndexError):
+                    continue                    # gone meanwhile
+        for pid, (comm, _) in procs.items():
             try:
-                if "EngineCore" in (p.info["name"] or "") + " ".join(p.info["cmdline"] or []):
-                    if p.environ().get("VLLM_CPU_OMP_THREADS_BIND") == rank_binding:
-                        return p
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                if not (comm.startswith("ray::Replica") and os.sched_getaffinity(pid) == {core}):
+                    continue
+            except OSError:
                 continue
+            cores = [c for c, (name, parent) in procs.items() if parent == pid and name.startswith("VLLM::EngineCor")]
+            if cores:
+                return pid, cores[0]
         if proc.poll() is not None:
             raise AssertionError(f"evaluator ended early: {proc.communicate()}")
-        time.sleep(0.5)
-    raise AssertionError(f"no engine pinned to {rank_binding}")
+        time.sleep(0.2)
+    raise AssertionError(f"no replica pinned to core {core}")
 
 
 def wait_no_engines(timeout=30) -> list[str]:
@@ -106,14 +127,12 @@ def killed_replica_run(tiny_model, gsm8k_parquet, tmp_path_factory):
     out = tmp_path_factory.mktemp("crash")
     proc = start(tiny_model, gsm8k_parquet, out, "killed")
     evaluator_pid(proc)
-    core = engine_core_of("1", proc)           # found during start-up, so nothing is searched later
-    actor = core.parent()
-    assert "Replica" in " ".join(actor.cmdline()) or "ray::" in actor.name()
+    actor, core = replica_processes(1, proc)   # found during start-up, so nothing is searched later
     wait_for_chunks(out / "killed", 1, proc, rank=1)
-    core.suspend()
+    os.kill(core, signal.SIGSTOP)
     done_by_1 = finished_ranks(out / "killed").count(1)
     assert done_by_1 < 20, f"replica 1 finished its whole share ({done_by_1}) before it could be stopped"
-    actor.kill()                               # its reaper then ends the frozen engine
+    os.kill(actor, signal.SIGKILL)             # its reaper then ends the frozen engine
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-4000:]
     return out / "killed", stdout, stderr
