@@ -175,6 +175,7 @@ class Driver:
                 self._fail(r, f"start-up failed: {_reason(e)}")
                 continue
             r.info, r.startup_s = info, info["startup_s"]
+            self.run_dir.write_replicas([{**x.info, "rank": x.rank} for x in self.replicas if x.info])
             self.listener("ready", {"rank": r.rank, "startup_s": r.startup_s, "devices": info["devices"]})
         if not any(r.alive for r in self.replicas):
             raise RunFailed("no replica started: " + "; ".join(self.failures))

@@ -1,6 +1,8 @@
-"""Results on disk: results/<run-id>/{config.json, partial.jsonl, samples.jsonl, summary.json}.
+"""Results on disk: results/<run-id>/{config.json, replicas.json, partial.jsonl, samples.jsonl, summary.json}.
 
-config.json is written before any work; partial.jsonl gets every finished chunk appended and
+config.json is written before any work; replicas.json says, once each replica's engine is up, where
+it runs (rank, host, pid, process group, devices, start-up seconds: which process to inspect or
+kill); partial.jsonl gets every finished chunk appended and
 fsync'd (a crash loses at most the chunks in flight, and --resume re-runs only those);
 samples.jsonl and summary.json are written atomically (temp file, fsync, rename) and summary.json
 last, so its presence means the run finished.
@@ -17,7 +19,7 @@ from typing import Any, Iterable
 
 from evaluator.records import RunConfig, RunSummary, Sample
 
-CONFIG, PARTIAL, SAMPLES, SUMMARY = "config.json", "partial.jsonl", "samples.jsonl", "summary.json"
+CONFIG, REPLICAS, PARTIAL, SAMPLES, SUMMARY = "config.json", "replicas.json", "partial.jsonl", "samples.jsonl", "summary.json"
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -53,6 +55,14 @@ class RunDir:
 
     def read_config(self) -> RunConfig:
         return RunConfig.from_dict(json.loads((self.path / CONFIG).read_text())["config"])
+
+    def write_replicas(self, replicas: list[dict[str, Any]]) -> None:
+        """The replicas started so far (rewritten whole, atomically, as each one comes up)."""
+        atomic_write(self.path / REPLICAS, json.dumps({"replicas": replicas}, indent=2) + "\n")
+
+    def read_replicas(self) -> list[dict[str, Any]]:
+        path = self.path / REPLICAS
+        return json.loads(path.read_text())["replicas"] if path.exists() else []
 
     def append_chunk(self, records: Iterable[dict[str, Any]]) -> None:
         """One write + fsync per chunk: a line is either whole on disk or absent."""

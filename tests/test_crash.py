@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 # 40 prompts x 256 tokens, one prompt per chunk: 20 chunks per replica of ~0.3-0.5 s each on two
 # cores, so there is time to act mid-generation. The replica test does not rely on that margin
-# alone: it freezes the replica's engine (SIGSTOP) and checks work is left before it kills it.
+# alone: it freezes the replica (SIGSTOP) and checks work is left before it kills it.
 WORK = ["--mode", "dp", "--gpus", "2", "--limit", "40", "--max-tokens", "256", "--ignore-eos", "--chunk-size", "1"]
 
 
@@ -73,43 +73,19 @@ def wait_for_chunks(run_dir: Path, n: int, proc: subprocess.Popen, timeout=600, 
     raise AssertionError("no chunk finished in time")
 
 
-def _comm(pid: int) -> str:
-    with open(f"/proc/{pid}/comm") as f:
-        return f.read().strip()
-
-
-def _ppid(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
-
-
-def replica_processes(core: int, proc: subprocess.Popen, timeout=900) -> tuple[int, int]:
-    """(actor pid, vLLM EngineCore pid) of the replica pinned to CPU `core`, waited for while the
-    engines start (the lock may first be held by another test session for a while). Found from
-    each process's comm, parent and CPU affinity only: a psutil scan that read every process's
-    cmdline and environ missed the engine for a whole run in CI, or found it seconds late."""
+def replica_pid(run_dir: Path, rank: int, proc: subprocess.Popen, timeout=900) -> int:
+    """Replica `rank`'s actor process, as the evaluator's replicas.json gives it once the replica's
+    engine is up (waited for: the lock may first be held by another test session for a while).
+    A scan of the machine's processes (psutil, then /proc) missed it for whole runs in CI."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        procs = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    procs[int(entry)] = (_comm(int(entry)), _ppid(int(entry)))
-                except (OSError, ValueError, IndexError):
-                    continue                    # gone meanwhile
-        for pid, (comm, _) in procs.items():
-            try:
-                if not (comm.startswith("ray::Replica") and os.sched_getaffinity(pid) == {core}):
-                    continue
-            except OSError:
-                continue
-            cores = [c for c, (name, parent) in procs.items() if parent == pid and name.startswith("VLLM::EngineCor")]
-            if cores:
-                return pid, cores[0]
+        for r in RunDir(run_dir).read_replicas():
+            if r["rank"] == rank:
+                return r["pid"]
         if proc.poll() is not None:
             raise AssertionError(f"evaluator ended early: {proc.communicate()}")
-        time.sleep(0.2)
-    raise AssertionError(f"no replica pinned to core {core}")
+        time.sleep(0.1)
+    raise AssertionError(f"replica {rank} never came up")
 
 
 def wait_no_engines(timeout=30) -> list[str]:
@@ -122,18 +98,20 @@ def wait_no_engines(timeout=30) -> list[str]:
 @pytest.fixture(scope="module")
 def killed_replica_run(tiny_model, gsm8k_parquet, tmp_path_factory):
     """dp=2, and replica 1's actor process is SIGKILLed mid-generation: once its first chunk is on
-    disk its engine is frozen (SIGSTOP, so it cannot finish its share before the kill lands), the
-    test checks work is left, and the actor is killed."""
+    disk the actor is frozen (SIGSTOP: it can return nothing more before the kill lands), the test
+    checks work is left, and kills it."""
     out = tmp_path_factory.mktemp("crash")
     proc = start(tiny_model, gsm8k_parquet, out, "killed")
     evaluator_pid(proc)
-    actor, core = replica_processes(1, proc)   # found during start-up, so nothing is searched later
+    actor = replica_pid(out / "killed", 1, proc)
+    comm = Path(f"/proc/{actor}/comm").read_text().strip()
+    assert comm.startswith("ray::Replica"), f"replicas.json gave pid {actor}, which is {comm!r}"
     wait_for_chunks(out / "killed", 1, proc, rank=1)
-    os.kill(core, signal.SIGSTOP)
+    os.kill(actor, signal.SIGSTOP)
     done_by_1 = finished_ranks(out / "killed").count(1)
-    assert done_by_1 < 20, f"replica 1 finished its whole share ({done_by_1}) before it could be stopped"
-    os.kill(actor, signal.SIGKILL)             # its reaper then ends the frozen engine
+    os.kill(actor, signal.SIGKILL)              # its reaper then ends the engine's processes
     stdout, stderr = proc.communicate(timeout=600)
+    assert done_by_1 < 20, f"replica 1 finished its whole share ({done_by_1}) before it could be stopped"
     assert proc.returncode == 0, stderr[-4000:]
     return out / "killed", stdout, stderr
 
@@ -147,6 +125,7 @@ def test_killed_replica_costs_no_prompt(killed_replica_run):
     assert len(summary.failures) == 1 and summary.failures[0].startswith("replica 1")
     assert summary.rerun_prompts > 0 and summary.replicas[1].failed
     assert summary.replicas[0].prompts + summary.replicas[1].prompts == 40
+    assert [(r["rank"], r["devices"]) for r in rd.read_replicas()] == [(0, "cpu:0"), (1, "cpu:1")]
     assert "replica failure" in stderr
     assert json.loads(stdout.strip().splitlines()[-1])["failures"] == list(summary.failures)
     assert wait_no_engines() == [], "the dead replica's engine processes were ended too"

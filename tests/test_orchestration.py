@@ -50,6 +50,9 @@ def test_every_prompt_once_with_uneven_shards(tmp_path):
     assert [s.index for s in samples] == list(range(23))
     assert [r.prompts for r in summary.replicas] == [12, 11]
     assert summary.failures == () and summary.rerun_prompts == 0
+    placed = rd.read_replicas()         # where each replica ran, for whoever must inspect or kill one
+    assert [r["rank"] for r in placed] == [0, 1] and all(r["pid"] > 0 and r["host"] for r in placed)
+    assert len({r["pid"] for r in placed}) == 2
 
 
 @pytest.mark.parametrize("sharding", ["contiguous", "balanced", "dynamic"])
