@@ -8,9 +8,10 @@ run back to back:
 "Bare" is vllm.LLM / sglang.Engine built directly with the kwargs our backend would pass
 (launchers.engines.*.llm_kwargs / engine_kwargs of evaluator.run.engine_spec), given the same
 rendered prompts and sampling, in one plain subprocess per replica (no Ray), pinned like the
-evaluator's replicas (evaluator.run.actor_env, Ray's OMP_NUM_THREADS, the driver's session;
-CUDA_VISIBLE_DEVICES on GPUs). For dp=N the N processes start together, each takes its
-contiguous shard, and they wait for each other before generating, as the evaluator's replicas do. "Evaluator" is evaluator.run.execute: Ray actors,
+evaluator's replicas (evaluator.run.actor_env, launchers.replica.confine_to_devices, Ray's
+OMP_NUM_THREADS, the driver's session; CUDA_VISIBLE_DEVICES on GPUs). For dp=N the N processes
+start together, each takes its contiguous shard, and they wait for each other before generating,
+as the evaluator's replicas do. "Evaluator" is evaluator.run.execute: Ray actors,
 sharding, collection, scoring and storage, timed from the driver.
 
 Sections (each ratio computed within one repeat, then median and min-max over repeats):
@@ -141,8 +142,11 @@ def bare_worker(job_path: str) -> int:
     def send(obj: dict) -> None:
         msg.write(json.dumps(obj) + "\n")
         msg.flush()
+    from launchers.replica import confine_to_devices
+    spec = EngineSpec(**job["spec"])
+    confine_to_devices(spec)            # the replica's cores only, as Replica does for the evaluator
     t0 = time.perf_counter()
-    engine = BARE[job["engine"]](EngineSpec(**job["spec"]))
+    engine = BARE[job["engine"]](spec)
     send({"event": "ready", "startup_s": time.perf_counter() - t0})
     try:
         if sys.stdin.readline().strip() != "go":

@@ -50,6 +50,16 @@ def start_reaper() -> None:
                      stderr=subprocess.DEVNULL, close_fds=True)
 
 
+def confine_to_devices(spec: EngineSpec) -> None:
+    """On CPU hosts, keep this process and everything it starts on its devices' cores
+    (VLLM_CPU_OMP_THREADS_BIND, already in the environment). A CPU "device" is its cores, for the
+    whole replica: vLLM pins only its model threads, and the scheduler and front end of a 1-device
+    engine would otherwise use the other devices' cores for free, flattering single against dp."""
+    binding = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    if spec.device == "cpu" and binding and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {int(c) for group in binding.split("|") for c in group.split(",")})
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -69,12 +79,7 @@ class Replica:
         if self.own_group and os.path.exists(f"/proc/{os.getpid()}/stat"):
             start_reaper()
         os.environ.update(env)
-        binding = env.get("VLLM_CPU_OMP_THREADS_BIND")
-        if spec.device == "cpu" and binding and hasattr(os, "sched_setaffinity"):
-            # A CPU "device" is its cores, for the whole replica: vLLM pins only its model threads,
-            # and the scheduler and front end of a 1-device engine would otherwise use the other
-            # devices' cores for free, flattering single against dp.
-            os.sched_setaffinity(0, {int(c) for group in binding.split("|") for c in group.split(",")})
+        confine_to_devices(spec)
         self.rank, self.engine_name, self.spec = rank, engine, spec
         self.engine = None
         self.first_start = self.last_end = None
