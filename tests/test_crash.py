@@ -39,21 +39,32 @@ def start(model, data, out, run_id=None, resume=None) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def evaluator_pid(proc: subprocess.Popen, timeout=900) -> int:
-    """The python child of flock (the lock may be held by another test session for a while)."""
+def poll(found, proc: subprocess.Popen, timeout: float, every: float, what: str):
+    """found()'s first non-None value, asked every `every` s while the evaluator runs; an
+    AssertionError naming `what` when the evaluator ends first or `timeout` passes."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        kids = psutil.Process(proc.pid).children()
-        if kids:
-            return kids[0].pid
+        value = found()
+        if value is not None:
+            return value
         if proc.poll() is not None:
-            raise AssertionError(proc.communicate())
-        time.sleep(0.2)
-    raise AssertionError("evaluator never started")
+            raise AssertionError(f"evaluator ended while waiting for {what}: {proc.communicate()}")
+        time.sleep(every)
+    raise AssertionError(f"waited {timeout} s for {what} in vain")
+
+
+def evaluator_pid(proc: subprocess.Popen, timeout=900) -> int:
+    """The python child of flock (the lock may be held by another test session for a while)."""
+    def child():
+        kids = psutil.Process(proc.pid).children()
+        return kids[0].pid if kids else None
+    return poll(child, proc, timeout, 0.2, "the python child of flock")
 
 
 def finished_ranks(run_dir: Path) -> list[int]:
-    """The replica rank of every whole record in partial.jsonl (one per finished prompt)."""
+    """The replica rank of every whole record in partial.jsonl (one per finished prompt). Read
+    here, not with RunDir.read_partial: that one cuts off a torn last line, which a reader
+    beside a running writer must never do."""
     partial = run_dir / "partial.jsonl"
     if not partial.exists():
         return []
@@ -62,30 +73,17 @@ def finished_ranks(run_dir: Path) -> list[int]:
 
 def wait_for_chunks(run_dir: Path, n: int, proc: subprocess.Popen, timeout=600, rank=None) -> None:
     """Until `n` prompts are on disk (from replica `rank` only, if given); polls fast, as tests act on it."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        ranks = finished_ranks(run_dir)
-        if len([r for r in ranks if rank is None or r == rank]) >= n:
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"evaluator ended early: {proc.communicate()}")
-        time.sleep(0.02)
-    raise AssertionError("no chunk finished in time")
+    def enough():
+        return True if len([r for r in finished_ranks(run_dir) if rank is None or r == rank]) >= n else None
+    poll(enough, proc, timeout, 0.02, f"{n} finished prompt(s)")
 
 
 def replica_pid(run_dir: Path, rank: int, proc: subprocess.Popen, timeout=900) -> int:
     """Replica `rank`'s actor process, as the evaluator's replicas.json gives it once the replica's
     engine is up (waited for: the lock may first be held by another test session for a while).
     A scan of the machine's processes (psutil, then /proc) missed it for whole runs in CI."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for r in RunDir(run_dir).read_replicas():
-            if r["rank"] == rank:
-                return r["pid"]
-        if proc.poll() is not None:
-            raise AssertionError(f"evaluator ended early: {proc.communicate()}")
-        time.sleep(0.1)
-    raise AssertionError(f"replica {rank} never came up")
+    return poll(lambda: next((r["pid"] for r in RunDir(run_dir).read_replicas() if r["rank"] == rank), None),
+                proc, timeout, 0.1, f"replica {rank} in replicas.json")
 
 
 def wait_no_engines(timeout=30) -> list[str]:
