@@ -1,72 +1,81 @@
-"""python -m evaluator: evaluate one layout. Bad input exits 2 with one line and writes nothing.
+"""python -m evaluator: evaluate one layout, offline (one batch) or serving (servers under load).
+
+Reads top to bottom: settings (flags, or the run folder for --resume) -> prompts -> checks ->
+config.json -> the driver -> the table -> the summary as the last stdout line. Bad input exits 2
+with one line before any engine starts, and nothing is written.
 
     python -m evaluator --engine vllm --mode dp --gpus 2 --limit 16
+    python -m evaluator --engine vllm --mode dp --gpus 2 --workload serve --concurrency 1,8 --limit 16
 """
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
+
+
+def _say(console: Console, head: str, style: str, message: str) -> None:
+    console.print(Text(head, style=style) + Text(" " + message))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from evaluator.cli import UsageError, build_parser, config_from_args, default_run_id
+    from evaluator.checks import check_lengths
+    from evaluator.cli import build_parser, explicit_flags, new_run, resume_run
     from evaluator.collector import CollectError
-    from evaluator.data import DataError, load_tokenizer, read_rows, render_prompts
-    from evaluator.store import CONFIG, RunDir
+    from evaluator.data import DataError, load_prompts
+    from evaluator.errors import Interrupted, RunFailed, UsageError
+    from evaluator.fingerprint import changes, fingerprint
+    from evaluator.hosts import host_facts
+    from evaluator.store import RunDir
 
     parser = build_parser()
     args = parser.parse_args(argv)
     err = Console(stderr=True)
     try:
+        cfg, run_id, path = resume_run(args, explicit_flags(argv)) if args.resume else new_run(args)
+        prompts = load_prompts(cfg.data, cfg.model, cfg.limit)
+        check_lengths(prompts, cfg)
+        run_dir = RunDir(path)
+        now = fingerprint(cfg.data, cfg.model)
         if args.resume:
-            run_dir = RunDir(args.resume)
-            if not (run_dir.path / CONFIG).is_file():
-                raise UsageError(f"--resume {args.resume}: no {CONFIG} there, not a run folder")
-            if run_dir.finished:
-                raise UsageError(f"--resume {args.resume}: that run already finished (summary.json exists)")
-            cfg = run_dir.read_config()
-            run_id = run_dir.path.name
-        else:
-            cfg = config_from_args(args)
-            run_id = args.run_id or default_run_id(cfg)
-            run_dir = RunDir(Path(args.output_dir) / run_id)
-            if run_dir.path.exists() and any(run_dir.path.iterdir()):
-                raise UsageError(f"{run_dir.path} already exists; use --resume {run_dir.path} or another --run-id")
-        rows = read_rows(cfg.data)
-        if cfg.limit:
-            rows = rows[:cfg.limit]
-        try:
-            tokenizer = load_tokenizer(cfg.model)
-        except (OSError, ValueError) as e:
-            raise UsageError(f"--model {cfg.model}: cannot load its tokenizer ({str(e).splitlines()[0][:200]})") from None
-        prompts = render_prompts(rows, tokenizer)
+            changed = changes(run_dir.read_config_file().get("fingerprint", {}), now)
+            if changed:
+                raise UsageError(f"--resume {path}: {', '.join(changed)} changed since the run started; its answers "
+                                 f"would mix two sources (start a new run)")
+        host = host_facts(cfg.engine, cfg.device, cfg.cpu_cores_per_device)
     except (UsageError, DataError) as e:
         parser.exit(2, f"error: {e}\n")
 
-    from evaluator.run import Interrupted, RunFailed, execute, replica_count
+    from evaluator import offline, serve
+    from evaluator.pool import replica_count
     from evaluator.progress import RunProgress
-    from evaluator import report
+    from evaluator.report.tables import print_table
+    from evaluator.report.runs import load_runs
 
-    run_dir.write_config(cfg, {"run_id": run_id})
-    err.print(f"run {run_id}: {cfg.engine} {cfg.mode} dp={cfg.dp} tp={cfg.tp} on {cfg.device}, "
+    if not args.resume:
+        run_dir.write_config(cfg, {"run_id": run_id, "fingerprint": now})
+    err.print(f"run {run_id}: {cfg.engine} {cfg.workload} {cfg.mode} dp={cfg.dp} tp={cfg.tp} on {cfg.device}, "
               f"{len(prompts)} prompts -> {run_dir.path}")
+    driver = serve.execute if cfg.workload == "serve" else offline.execute
     try:
         with RunProgress(replica_count(cfg), len(prompts), err) as progress:
-            summary = execute(cfg, run_id, run_dir, prompts, listener=progress)
+            summary = driver(cfg, run_id, run_dir, prompts, host, listener=progress)
+    except UsageError as e:
+        _say(err, "error:", "red", str(e))
+        return 2
     except (RunFailed, CollectError) as e:
-        err.print(f"[red]error:[/] {e}")
-        err.print(f"finished chunks are kept in {run_dir.path}/partial.jsonl; resume: python -m evaluator --resume {run_dir.path}")
+        _say(err, "error:", "red", str(e))
+        err.print(f"what finished is kept in {run_dir.path}; resume: python -m evaluator --resume {run_dir.path}")
         return 1
     except (KeyboardInterrupt, Interrupted):
         err.print(f"[yellow]interrupted[/]: every engine was shut down; resume: python -m evaluator --resume {run_dir.path}")
         return 130
     for line in summary.failures:
-        err.print(f"[yellow]replica failure:[/] {line}")
+        _say(err, "replica failure:", "yellow", line)
     if not args.no_table:
-        report.print_table(report.load_runs(run_dir.path.parent), Console(), highlight=run_id)
+        print_table(load_runs(run_dir.path.parent), Console(), highlight=run_id)
     print(json.dumps(summary.to_dict()), flush=True)
     return 0
 

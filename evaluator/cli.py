@@ -1,27 +1,28 @@
-"""Command line of one evaluation run: parse, refuse bad input before anything is started or
-written, then run and print the table.
+"""Command line of one evaluation run: the flags, and turning them (or a run folder, for --resume)
+into a checked RunConfig before anything is started or written.
 
     python -m evaluator --engine vllm --mode dp --gpus 2 --model models/qwen2.5-coder-0.5b-instruct \
         --data data/gsm8k_test.parquet --limit 64 --max-tokens 256
+    python -m evaluator --engine vllm --mode dp --gpus 2 --workload serve --concurrency 1,4,16,64
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
-import os
-import sys
+import math
 from pathlib import Path
 
-from evaluator.layout import (MODES, LayoutError, cpu_device_count, cuda_device_count, detect_device, gpu_memory_gib,
-                              gpus_without_p2p, resolve, weight_bytes)
-from evaluator.records import RunConfig, SamplingConfig
+from evaluator.checks import check_config, check_run_dir
+from evaluator.errors import UsageError
+from evaluator.hosts import detect_device
+from evaluator.layout import MODES, LayoutError, resolve
+from evaluator.records import RunConfig, SamplingConfig, ServeConfig
 from evaluator.sharding import SHARDING_MODES
-from launchers.engines.base import ENGINES, EngineNotAvailable, check_installed
+from launchers.engines.base import ENGINES
 
-
-class UsageError(ValueError):
-    """Bad input: printed as one line, exit code 2, nothing written."""
+# flags that may come with --resume: they change how the run is watched, not what it measures
+RESUME_FLAGS = {"resume", "no_table", "engine_logs", "replica_timeout", "ray_address"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -31,14 +32,26 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+def levels(text: str) -> tuple[float, ...]:
+    """'1,4,16' -> (1.0, 4.0, 16.0); 'inf' allowed (all requests at once)."""
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="python -m evaluator",
-        description="Evaluate one serving layout (dp replicas x tp devices each) of vLLM or SGLang on "
-                    "GSM8K: start-up time, generate time, throughput and strict/flexible accuracy.",
-        epilog="Example: python -m evaluator --engine vllm --mode dp --gpus 2 --model Qwen/Qwen2.5-7B-Instruct "
-               "--data data/gsm8k_test.parquet. Resume an interrupted run: python -m evaluator --resume results/RUN_ID. "
-               "Compare finished runs: python -m evaluator.report results/",
+        description="Evaluate one serving layout (dp replicas x tp devices each) of vLLM or SGLang on GSM8K. "
+                    "offline: one batch, start-up and generate time, throughput, strict/flexible accuracy. "
+                    "serve: the engine's own OpenAI-compatible servers under load levels: TTFT, TPOT, ITL, "
+                    "end-to-end latency, throughput per GPU, goodput, and the same accuracy.",
+        epilog="Examples: python -m evaluator --engine vllm --mode dp --gpus 2 --model Qwen/Qwen2.5-7B-Instruct "
+               "--data data/gsm8k_test.parquet | ... --workload serve --concurrency 1,4,16,64 --slo-ttft-ms 500. "
+               "Resume an interrupted run: python -m evaluator --resume results/RUN_ID. "
+               "Compare finished runs: python -m evaluator.report results/ --compare. "
+               "Every layout in one command: python -m evaluator.compare --help",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("layout")
     g.add_argument("--engine", choices=sorted(ENGINES), default="vllm", help="inference engine")
@@ -52,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                    help="auto = cuda when a GPU is visible, else cpu")
     g.add_argument("--dp-backend", choices=("ray", "native"), default="ray",
-                   help="ray = one engine per Ray actor (our DP); native = one engine using its own dp_size "
-                        "(SGLang only)")
+                   help="ray = one engine per Ray actor (our DP); native = one engine using its own data "
+                        "parallelism (SGLang dp_size; vLLM only when serving: --data-parallel-size)")
     g.add_argument("--cpu-cores-per-device", type=int, default=1, help="CPU cores that make one device on CPU hosts")
     g.add_argument("--cpu-memory-fraction", type=float, default=0.5,
                    help="CPU hosts: fraction of RAM for all engines' KV caches together, split evenly "
@@ -68,132 +81,91 @@ def build_parser() -> argparse.ArgumentParser:
     s = p.add_argument_group("sampling")
     s.add_argument("--max-tokens", type=int, default=512, help="maximum new tokens per answer")
     s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1 = off")
+    s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling, in (0, 1]; 1 = off")
     s.add_argument("--top-k", type=int, default=-1, help="-1 = off")
     s.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
-    s.add_argument("--seed", type=int, default=0, help="engine seed; with temperature > 0 prompt i uses seed+i, "
-                                                       "so answers do not depend on the layout")
+    s.add_argument("--seed", type=int, default=0,
+                   help="engine seed; with temperature > 0 prompt i uses seed+i, so its random stream does not "
+                        "depend on which replica or batch it lands in (its arithmetic still may: see README)")
     s.add_argument("--n", type=int, default=1, help="answers per prompt; > 1 reports maj@N (needs temperature > 0)")
     s.add_argument("--ignore-eos", action="store_true", help="always generate --max-tokens tokens (timing runs)")
     s.add_argument("--max-model-len", type=int, help="engine context length (default: the model's)")
+    w = p.add_argument_group("workload")
+    w.add_argument("--workload", choices=("offline", "serve"), default="offline",
+                   help="offline = one batch through the engines; serve = the engines' OpenAI servers under load")
+    w.add_argument("--concurrency", type=levels, metavar="N,N,...",
+                   help="serve: closed-loop levels, requests in flight (default 1,4,16,64)")
+    w.add_argument("--request-rate", type=levels, metavar="R,R,...",
+                   help="serve: open-loop levels, Poisson arrivals in requests/s; inf = all at once")
+    w.add_argument("--level-prompts", default="all",
+                   help="serve: prompts each level sends: all, N (the first N) or Nx (N x the level's "
+                        "concurrency or rate, at most all)")
+    w.add_argument("--slo-ttft-ms", type=float, help="serve: time-to-first-token goal; goodput counts requests meeting it")
+    w.add_argument("--slo-tpot-ms", type=float, help="serve: time-per-output-token goal")
+    w.add_argument("--request-timeout", type=float, default=600.0, metavar="S", help="serve: seconds one request may take")
     e = p.add_argument_group("engine and run")
     e.add_argument("--engine-kwargs", default="{}", metavar="JSON",
-                   help="extra engine arguments in the engine's own names, e.g. '{\"enforce_eager\": true}'")
+                   help="extra engine arguments in the engine's own names, e.g. '{\"enforce_eager\": true}' "
+                        "(serve: turned into the server's flags, --enforce-eager)")
     e.add_argument("--sharding", choices=SHARDING_MODES, default="contiguous",
                    help="contiguous = equal counts; balanced = equal prompt tokens; dynamic = shared queue of chunks")
     e.add_argument("--chunk-size", type=int, help="prompts per generate call (default: a replica's whole shard; "
                                                   "dynamic: ~1/8 of it). Smaller flushes to disk sooner but "
                                                   "batches less")
     e.add_argument("--on-replica-failure", choices=("rerun", "fail"), default="rerun",
-                   help="rerun = give a dead replica's prompts to the others; fail = stop at once")
+                   help="rerun = give a dead replica's prompts (or requests) to the others; fail = stop at once")
     e.add_argument("--replica-timeout", type=float, metavar="S",
                    help="seconds a replica may take to start, or to finish one chunk, before it counts as dead")
     e.add_argument("--output-dir", default="results", help="runs are written to OUTPUT_DIR/RUN_ID/")
-    e.add_argument("--run-id", help="name of the run's folder (default: time-engine-mode-DPxTP)")
-    e.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run: only missing prompts are generated")
+    e.add_argument("--run-id", help="name of the run's folder, one plain name (default: time-engine-mode-DPxTP)")
+    e.add_argument("--resume", metavar="RUN_DIR",
+                   help="finish an interrupted run with its own settings: only missing prompts (offline) or load "
+                        "levels (serve) are run. Refused when its data file or model changed since")
     e.add_argument("--no-table", action="store_true", help="do not print the comparison table at the end")
     e.add_argument("--engine-logs", action="store_true", help="stream the engines' own logs to stderr "
                                                               "(otherwise they stay in Ray's log folder)")
     return p
 
 
-def _positive(name: str, value, allow_none=True):
-    if value is None and allow_none:
-        return
-    if value is None or value <= 0:
-        raise UsageError(f"{name} must be at least 1 (got {value})")
+def explicit_flags(argv: list[str] | None) -> set[str]:
+    """The dests of the flags actually typed (not their defaults)."""
+    bare = build_parser()
+    for action in bare._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(bare.parse_args(argv)))
 
 
-def _model_heads(model: str) -> int | None:
-    """num_attention_heads from the model's config.json; hub ids are read through transformers."""
-    path = Path(model)
-    if path.is_dir():
-        cfg_file = path / "config.json"
-        if not cfg_file.is_file():
-            raise UsageError(f"--model {model} is a folder without config.json: not a model")
-        try:
-            cfg = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as e:
-            raise UsageError(f"--model {model}: config.json is not valid JSON ({e})") from None
-        cfg = cfg.get("text_config", cfg)
-        return cfg.get("num_attention_heads")
-    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
-        raise UsageError(f"--model {model}: no such model folder (and not a hub id like Qwen/Qwen2.5-7B-Instruct)")
-    try:
-        from transformers import AutoConfig
-        cfg = AutoConfig.from_pretrained(model)
-    except Exception as e:  # offline, unknown repo, gated: all mean we cannot check it
-        raise UsageError(f"--model {model}: cannot read its config from the hub or cache ({type(e).__name__}); "
-                         f"pass a local folder") from None
-    return getattr(getattr(cfg, "text_config", cfg), "num_attention_heads", None)
-
-
-def _check_gpu_fit(model: str, tp: int) -> None:
-    """Refuse a layout whose replica cannot even hold the weights; warn where NCCL needs help."""
-    weights, gib = weight_bytes(model), gpu_memory_gib()
-    if weights and gib and weights / tp > 0.9 * gib * 2**30:
-        raise UsageError(f"the model's weights ({weights / 2**30:.1f} GiB) do not fit in tp={tp} GPU(s) of "
-                         f"{gib:.0f} GiB each (leaving room for the KV cache); use a larger --tp")
-    missing = gpus_without_p2p(tp)
-    if missing and "NCCL_P2P_DISABLE" not in os.environ:
-        pairs = ", ".join(f"{i}-{j}" for i, j in missing)
-        print(f"warning: GPU pair(s) {pairs} lack peer-to-peer access; if tensor parallel hangs or crawls, "
-              f"run with NCCL_P2P_DISABLE=1", file=sys.stderr)
-
-
-def _writable(output_dir: str) -> None:
-    path = Path(output_dir)
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"--output-dir {output_dir} is not writable")
+def serve_config(args: argparse.Namespace) -> ServeConfig | None:
+    if args.workload != "serve":
+        if args.concurrency or args.request_rate or args.slo_ttft_ms or args.slo_tpot_ms or args.level_prompts != "all":
+            raise UsageError("--concurrency, --request-rate, --level-prompts and --slo-* are for --workload serve")
+        return None
+    if args.concurrency and args.request_rate:
+        raise UsageError("give --concurrency or --request-rate, not both")
+    kind, values = ("rate", args.request_rate) if args.request_rate else ("concurrency", args.concurrency or (1, 4, 16, 64))
+    return ServeConfig(level_kind=kind, levels=tuple(values), level_prompts=args.level_prompts,
+                       slo_ttft_ms=args.slo_ttft_ms, slo_tpot_ms=args.slo_tpot_ms,
+                       request_timeout_s=args.request_timeout)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """Every check that needs no engine: layout, devices, model, numbers, JSON."""
-    try:
-        check_installed(args.engine)
-    except EngineNotAvailable as e:
-        raise UsageError(str(e)) from None
+    """The run's settings from its flags, checked (evaluator.checks) before anything starts."""
     try:
         layout = resolve(args.mode, args.gpus, args.dp, args.tp)
     except LayoutError as e:
         raise UsageError(str(e)) from None
-    device = detect_device(args.device)
-    if args.ray_address is None:
-        visible = cuda_device_count() if device == "cuda" else cpu_device_count(args.cpu_cores_per_device)
-        unit = "GPU(s)" if device == "cuda" else f"CPU device(s) of {args.cpu_cores_per_device} core(s)"
-        if layout.devices > visible:
-            raise UsageError(f"layout needs {layout.devices} devices but only {visible} {unit} are visible")
-    if args.dp_backend == "native" and args.engine != "sglang":
-        raise UsageError("--dp-backend native is for SGLang; vLLM's DP here is one engine per Ray actor")
-    if args.dp_backend == "native" and device == "cpu":
-        raise UsageError("--dp-backend native needs GPUs (SGLang)")
-    for name in ("limit", "max_tokens", "n", "cpu_cores_per_device", "chunk_size", "max_model_len"):
-        _positive("--" + name.replace("_", "-"), getattr(args, name))
-    if args.replica_timeout is not None and args.replica_timeout <= 0:
-        raise UsageError(f"--replica-timeout must be positive (got {args.replica_timeout})")
-    if args.n > 1 and args.temperature <= 0:
-        raise UsageError("--n > 1 needs --temperature > 0 (greedy answers would all be the same)")
-    if not 0 < args.cpu_memory_fraction <= 0.95:
-        raise UsageError(f"--cpu-memory-fraction must be in (0, 0.95] (got {args.cpu_memory_fraction})")
     try:
         engine_kwargs = json.loads(args.engine_kwargs)
     except json.JSONDecodeError as e:
         raise UsageError(f"--engine-kwargs is not valid JSON: {e}") from None
     if not isinstance(engine_kwargs, dict):
         raise UsageError("--engine-kwargs must be a JSON object, e.g. '{\"enforce_eager\": true}'")
-    heads = _model_heads(args.model)
-    if heads and heads % layout.tp:
-        raise UsageError(f"tp={layout.tp} does not divide the model's {heads} attention heads")
-    if device == "cuda":
-        _check_gpu_fit(args.model, layout.tp)
-    _writable(args.output_dir)
+    if args.cpu_memory_fraction is not None and not math.isfinite(args.cpu_memory_fraction):
+        raise UsageError(f"--cpu-memory-fraction must be a number (got {args.cpu_memory_fraction})")
     model = str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model
-    return RunConfig(
+    cfg = RunConfig(
         engine=args.engine, mode=args.mode, gpus=args.gpus, dp=layout.dp, tp=layout.tp, model=model,
-        data=str(Path(args.data).resolve()), device=device,
+        data=str(Path(args.data).resolve()), device=detect_device(args.device),
         sampling=SamplingConfig(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                                 top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed,
                                 n=args.n, ignore_eos=args.ignore_eos),
@@ -201,10 +173,51 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         cpu_cores_per_device=args.cpu_cores_per_device, cpu_memory_fraction=args.cpu_memory_fraction,
         sharding=args.sharding, chunk_size=args.chunk_size, dp_backend=args.dp_backend,
         on_replica_failure=args.on_replica_failure, replica_timeout_s=args.replica_timeout,
-        ray_address=args.ray_address, engine_logs=args.engine_logs)
+        ray_address=args.ray_address, engine_logs=args.engine_logs, workload=args.workload,
+        serve=serve_config(args))
+    check_config(cfg)
+    return cfg
+
+
+def new_run(args: argparse.Namespace) -> tuple[RunConfig, str, Path]:
+    cfg = config_from_args(args)
+    run_id = args.run_id or default_run_id(cfg)
+    return cfg, run_id, check_run_dir(args.output_dir, run_id)
+
+
+def resume_run(args: argparse.Namespace, typed: set[str]) -> tuple[RunConfig, str, Path]:
+    """The interrupted run's own settings, checked again against this host; flags that would
+    change what it measures are refused (the run keeps the settings it started with)."""
+    from evaluator.records import RecordError
+    from evaluator.store import CONFIG, RunDir
+    extra = sorted(typed - RESUME_FLAGS)
+    if extra:
+        flags = ", ".join("--" + name.replace("_", "-") for name in extra)
+        raise UsageError(f"--resume continues a run with the settings it started with; {flags} cannot be given "
+                         f"with it (start a new run to change them)")
+    run_dir = RunDir(args.resume)
+    if not (run_dir.path / CONFIG).is_file():
+        raise UsageError(f"--resume {args.resume}: no {CONFIG} there, not a run folder")
+    if run_dir.finished:
+        raise UsageError(f"--resume {args.resume}: that run already finished (summary.json exists)")
+    try:
+        cfg = run_dir.read_config()
+    except (RecordError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise UsageError(f"--resume {args.resume}: {CONFIG} cannot be read ({e})") from None
+    overrides = {k: getattr(args, k) for k in ("replica_timeout", "ray_address") if k in typed}
+    if overrides:
+        import dataclasses
+        cfg = dataclasses.replace(cfg, **{("replica_timeout_s" if k == "replica_timeout" else k): v
+                                          for k, v in overrides.items()})
+    if "engine_logs" in typed:
+        import dataclasses
+        cfg = dataclasses.replace(cfg, engine_logs=True)
+    check_config(cfg)
+    return cfg, run_dir.path.name, run_dir.path
 
 
 def default_run_id(cfg: RunConfig) -> str:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     native = "-native" if cfg.dp_backend == "native" else ""
-    return f"{stamp}-{cfg.engine}-{cfg.mode}-{cfg.layout}{native}"
+    serve = "-serve" if cfg.workload == "serve" else ""
+    return f"{stamp}-{cfg.engine}-{cfg.mode}-{cfg.layout}{native}{serve}"

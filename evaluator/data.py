@@ -49,6 +49,19 @@ def row_index(row: dict, position: int) -> int:
     return int(info["index"]) if info.get("index") is not None else position
 
 
+def load_prompts(data: str, model: str, limit: int | None) -> list[Prompt]:
+    """The run's prompts: the first `limit` rows of the parquet, rendered with the model's chat
+    template. Raises DataError for an unusable data file or tokenizer."""
+    rows = read_rows(data)
+    if limit:
+        rows = rows[:limit]
+    try:
+        tokenizer = load_tokenizer(model)
+    except (OSError, ValueError) as e:
+        raise DataError(f"--model {model}: cannot load its tokenizer ({str(e).splitlines()[0][:200]})") from None
+    return render_prompts(rows, tokenizer)
+
+
 def load_tokenizer(model: str):
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(model, trust_remote_code=False)
@@ -62,7 +75,7 @@ def render_prompts(rows: list[dict], tokenizer) -> list[Prompt]:
              for r in rows]
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     prompts = [Prompt(index=row_index(r, i), text=t, gold=normalize(str(r["reward_model"]["ground_truth"])),
-                      prompt_tokens=n)
+                      prompt_tokens=n, messages=tuple({"role": m["role"], "content": m["content"]} for m in r["prompt"]))
                for i, (r, t, n) in enumerate(zip(rows, texts, lengths))]
     seen = set()
     for p in prompts:
@@ -70,3 +83,19 @@ def render_prompts(rows: list[dict], tokenizer) -> list[Prompt]:
             raise DataError(f"index {p.index} appears twice in extra_info.index")
         seen.add(p.index)
     return sorted(prompts, key=lambda p: p.index)
+
+
+def question_texts(data: str) -> dict[int, str]:
+    """index -> question text from the run's data parquet (extra_info.question); {} when the file
+    is gone or has no such field, and the flips are then shown without it."""
+    import pyarrow.parquet as pq
+    try:
+        table = pq.read_table(data)
+    except (OSError, ValueError):   # gone, moved, or not parquet any more (ArrowInvalid is a ValueError)
+        return {}
+    out = {}
+    for i, row in enumerate(table.to_pylist()):
+        question = (row.get("extra_info") or {}).get("question")
+        if question:
+            out[row_index(row, i)] = question
+    return out

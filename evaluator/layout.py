@@ -1,17 +1,17 @@
-"""Turn --mode/--gpus/--dp/--tp into a layout (dp replicas x tp devices) and map devices.
+"""Turn --mode/--gpus/--dp/--tp into a layout (dp replicas x tp devices), list every layout a GPU
+count allows (the one enumeration both `python -m evaluator.compare` and the SLURM sweep use), and
+map devices to CPU cores on hosts without GPU.
 
 On CUDA hosts a device is a GPU (Ray hands each replica actor tp of them). On hosts without a
 GPU a device is a fixed group of CPU cores, so single vs dp=N vs tp=N compares 1 device with N
 devices exactly as on GPUs; each vLLM-CPU engine is pinned to its devices' cores.
 
-    python -c "from evaluator.layout import resolve; print(resolve('hybrid', 4, 2, 2))"
+    python -c "from evaluator.layout import candidates; print([c.label for c in candidates(['vllm'], 4, 'offline')])"
 """
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 MODES = ("single", "dp", "tp", "hybrid")
 
@@ -58,47 +58,66 @@ def resolve(mode: str, gpus: int, dp: int | None = None, tp: int | None = None) 
     return layout
 
 
-def nvidia_smi(*args: str) -> str:
-    """nvidia-smi's output, or "" where it is missing or fails (hosts without GPU)."""
-    if not shutil.which("nvidia-smi"):
-        return ""
-    try:
-        return subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
+@dataclass(frozen=True)
+class Candidate:
+    """One layout to run: the evaluator flags that select it, and a label for tables."""
+    engine: str
+    mode: str
+    gpus: int
+    dp: int
+    tp: int
+    dp_backend: str = "ray"
+
+    @property
+    def label(self) -> str:
+        return f"{self.engine} {self.dp}x{self.tp}" + (" native" if self.dp_backend == "native" else "")
+
+    @property
+    def name(self) -> str:
+        """A folder name: vllm-dp2, sglang-dp2-native, vllm-2x2."""
+        body = {"single": "single", "dp": f"dp{self.dp}", "tp": f"tp{self.tp}"}.get(self.mode, f"{self.dp}x{self.tp}")
+        return f"{self.engine}-{body}" + ("-native" if self.dp_backend == "native" else "")
+
+    def argv(self) -> list[str]:
+        out = ["--engine", self.engine, "--mode", self.mode, "--gpus", str(self.gpus)]
+        if self.mode == "hybrid":
+            out += ["--dp", str(self.dp), "--tp", str(self.tp)]
+        if self.dp_backend != "ray":
+            out += ["--dp-backend", self.dp_backend]
+        return out
 
 
-def cuda_device_count() -> int:
-    """GPUs this process may use, without initialising CUDA (nvidia-smi, then CUDA_VISIBLE_DEVICES)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1"):
-        return 0
-    out = nvidia_smi("-L")
-    count = sum(1 for line in out.splitlines() if line.startswith("GPU "))
-    if visible:
-        count = min(count, len([v for v in visible.split(",") if v.strip()]))
-    return count
+def candidates(engines: list[str], gpus: int, workload: str, modes: tuple[str, ...] = MODES,
+               native: bool = True) -> list[Candidate]:
+    """Every layout of `gpus` devices, per engine: single (1 device), dp=N, tp=N, each hybrid
+    D x T = N with both above 1, and dp=N inside the engine (native) where the engine has its own
+    DP for this workload. Whether a layout can run on this model and host is the checks' job."""
+    from launchers.engines.base import native_dp_workloads
+    out: list[Candidate] = []
+    for engine in engines:
+        if "single" in modes:
+            out.append(Candidate(engine, "single", 1, 1, 1))
+        if gpus < 2:
+            continue
+        if "dp" in modes:
+            out.append(Candidate(engine, "dp", gpus, gpus, 1))
+            if native and workload in native_dp_workloads(engine):
+                out.append(Candidate(engine, "dp", gpus, gpus, 1, "native"))
+        if "tp" in modes:
+            out.append(Candidate(engine, "tp", gpus, 1, gpus))
+        if "hybrid" in modes:
+            out += [Candidate(engine, "hybrid", gpus, d, gpus // d) for d in range(2, gpus)
+                    if gpus % d == 0 and gpus // d > 1]
+    return out
 
 
-def detect_device(requested: str) -> str:
-    """auto -> cuda when a GPU is visible, else cpu."""
-    if requested != "auto":
-        return requested
-    return "cuda" if cuda_device_count() > 0 else "cpu"
-
-
-def usable_cpus() -> list[int]:
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-
-
-def cpu_device_count(cores_per_device: int) -> int:
-    return len(usable_cpus()) // cores_per_device
-
-
-def cpu_thread_binding(rank: int, tp: int, cores_per_device: int) -> str:
+def cpu_thread_binding(rank: int, tp: int, cores_per_device: int, cpus: list[int] | None = None) -> str:
     """VLLM_CPU_OMP_THREADS_BIND for replica `rank`: one '|'-separated core group per TP rank.
-    Replica r owns devices r*tp .. r*tp+tp-1; device d owns cores d*c .. d*c+c-1."""
-    cpus = usable_cpus()
+    Replica r owns devices r*tp .. r*tp+tp-1; device d owns cores d*c .. d*c+c-1 of `cpus`
+    (default: the cores this process may use)."""
+    if cpus is None:
+        from evaluator.hosts import usable_cpus
+        cpus = usable_cpus()
     groups = []
     for k in range(tp):
         device = rank * tp + k
@@ -107,41 +126,8 @@ def cpu_thread_binding(rank: int, tp: int, cores_per_device: int) -> str:
     return "|".join(groups)
 
 
-def gpu_memory_gib() -> float | None:
-    """Total memory of the smallest visible GPU, or None when nvidia-smi cannot tell."""
-    out = nvidia_smi("--query-gpu=memory.total", "--format=csv,noheader,nounits")
-    values = [float(v) for v in out.split() if v.strip().replace(".", "", 1).isdigit()]
-    return min(values) / 1024 if values else None
-
-
-def parse_p2p_matrix(text: str) -> dict[tuple[int, int], bool]:
-    """`nvidia-smi topo -p2p r` -> {(i, j): peer-to-peer read supported}."""
-    result = {}
-    for line in text.splitlines():
-        cells = line.split()
-        if len(cells) < 2 or not cells[0].startswith("GPU") or not cells[0][3:].isdigit():
-            continue
-        if all(c.startswith("GPU") for c in cells):      # the header row
-            continue
-        i = int(cells[0][3:])
-        for j, cell in enumerate(cells[1:]):
-            if cell != "X":
-                result[(i, j)] = cell == "OK"
-    return result
-
-
-def gpus_without_p2p(tp: int) -> list[tuple[int, int]]:
-    """Pairs among the first tp visible GPUs that cannot read each other's memory directly
-    (consumer cards such as the 4090 cannot): NCCL may then hang or crawl in tensor parallel."""
-    if tp <= 1:
-        return []
-    matrix = parse_p2p_matrix(nvidia_smi("topo", "-p2p", "r"))
-    return sorted((i, j) for (i, j), ok in matrix.items() if i < j < tp and not ok)
-
-
 def weight_bytes(model: str) -> int | None:
     """Bytes of the weight files in a local model folder (None for hub ids or unknown layouts)."""
-    from pathlib import Path
     path = Path(model)
     if not path.is_dir():
         return None

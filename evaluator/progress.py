@@ -1,12 +1,16 @@
-"""A rich live display of the replicas while they start and generate: one bar per replica and
-one for the whole run, advanced as chunks come back.
+"""A rich live display while a run goes: offline, one bar per replica and one for all prompts,
+advanced as chunks come back; serving, one bar per load level, advanced as requests finish.
 
     python -m evaluator ...   # shown on stderr while the run goes
 """
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from evaluator.events import (ChunkDone, Event, GenerationStarted, LevelDone, LevelStarted, ReplicaFailed,
+                              ReplicaReady, RequestDone, Warning)
 
 
 class RunProgress:
@@ -15,7 +19,9 @@ class RunProgress:
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                                  MofNCompleteColumn(), TextColumn("{task.fields[note]}"), TimeElapsedColumn(),
                                  console=self.console, transient=False)
-        self.total = self.progress.add_task("all prompts", total=total, note="")
+        self.total = total
+        self.all = None
+        self.level = None
         self.tasks = {r: self.progress.add_task(f"replica {r}", total=None, note="starting engine")
                       for r in range(replicas)}
 
@@ -26,21 +32,33 @@ class RunProgress:
     def __exit__(self, *exc):
         self.progress.stop()
 
-    def __call__(self, event: str, data: dict) -> None:
+    def __call__(self, event: Event) -> None:
         p = self.progress
-        if event == "ready":
-            p.update(self.tasks[data["rank"]], note=f"ready in {data['startup_s']:.1f} s ({data['devices']})")
-        elif event == "generating":
-            for rank, planned in data["planned"].items():
-                p.update(self.tasks[rank], total=planned or None, note="generating")
-        elif event == "chunk":
-            task = self.tasks[data["rank"]]
-            p.advance(task, data["prompts"])
-            p.advance(self.total, data["prompts"])
-            t = p.tasks[task]
-            if t.total is not None and t.completed > t.total:
-                p.update(task, total=t.completed)   # it took over a dead replica's prompts
-        elif event == "failed":
-            p.update(self.tasks[data["rank"]], note=f"[red]failed: {data['reason'][:80]}")
-        elif event == "warning":
-            self.console.print(f"[yellow]warning:[/] {data['message']}")
+        match event:
+            case ReplicaReady(rank=rank, startup_s=s, devices=devices, compile=compile_state):
+                p.update(self.tasks[rank], note=f"ready in {s:.1f} s ({devices}, compile {compile_state})")
+            case GenerationStarted(planned=planned):
+                self.all = p.add_task("all prompts", total=self.total, note="")
+                for rank, n in planned.items():
+                    p.update(self.tasks[rank], total=n or None, note="generating")
+            case ChunkDone(rank=rank, prompts=n):
+                task = self.tasks[rank]
+                p.advance(task, n)
+                if self.all is not None:
+                    p.advance(self.all, n)
+                t = p.tasks[task]
+                if t.total is not None and t.completed > t.total:
+                    p.update(task, total=t.completed)   # it took over a dead replica's prompts
+            case LevelStarted(label=label, position=k, levels=n, requests=requests):
+                self.level = p.add_task(f"level {k}/{n} {label}", total=requests, note="")
+            case RequestDone(rank=rank):
+                if self.level is not None:
+                    p.advance(self.level, 1)
+                p.update(self.tasks[rank], note="serving")
+            case LevelDone(summary=line):
+                if self.level is not None:
+                    p.update(self.level, note=line)
+            case ReplicaFailed(rank=rank, reason=why):
+                p.update(self.tasks[rank], note=f"[red]failed: {escape(why[:80])}")
+            case Warning(message=message):
+                self.console.print(f"[yellow]warning:[/] {escape(message)}")

@@ -1,8 +1,13 @@
 """Frozen records passed between the pipeline steps and written to results/.
 
-One dataclass per kind of record: what a run was asked to do (RunConfig), one prompt's work
-item (Prompt), one engine answer (Completion), one scored sample (Sample), one replica's timing
-(ReplicaTiming) and the run's summary (RunSummary). Units are in the names.
+One dataclass per kind of record: what a run was asked to do (RunConfig, with SamplingConfig and,
+for serving runs, ServeConfig), one prompt's work item (Prompt), one engine answer (Completion),
+one scored sample (Sample), one replica's timing (ReplicaTiming), one attempt of a run (Attempt)
+and the run's summary (RunSummary). Units are in the names.
+
+Files carry schema_version. Reading is strict: an unknown field or a newer schema is an error
+(RecordError), never silently dropped; schema 1 (before attempts, intervals and serving) is
+read by filling what it did not record.
 
     python -c "from evaluator.records import SCHEMA_VERSION; print(SCHEMA_VERSION)"
 """
@@ -12,7 +17,26 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+
+class RecordError(ValueError):
+    """A results file this version cannot read as what it claims to be."""
+
+
+def _strict(cls, d: dict[str, Any], what: str) -> dict[str, Any]:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise RecordError(f"{what}: unknown field(s) {', '.join(unknown)} (written by a newer version?)")
+    return d
+
+
+def _check_version(d: dict[str, Any], what: str) -> int:
+    version = d.get("schema_version", 1)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise RecordError(f"{what}: schema_version {version!r}, this version reads up to {SCHEMA_VERSION}")
+    return version
 
 
 @dataclass(frozen=True)
@@ -26,6 +50,23 @@ class SamplingConfig:
     seed: int = 0
     n: int = 1
     ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How a serving run loads its servers: one level per concurrency or request rate."""
+    level_kind: str = "concurrency"            # "concurrency" (closed loop) or "rate" (Poisson arrivals)
+    levels: tuple[float, ...] = (1, 4, 16, 64)  # requests in flight, or requests/s (inf = all at once)
+    level_prompts: str = "all"                  # "all", "N" (first N prompts) or "Nx" (N x the level's value)
+    slo_ttft_ms: float | None = None
+    slo_tpot_ms: float | None = None
+    request_timeout_s: float = 600.0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ServeConfig":
+        d = dict(_strict(cls, d, "serve config"))
+        d["levels"] = tuple(float(v) for v in d.get("levels", ()))
+        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -52,6 +93,8 @@ class RunConfig:
     replica_timeout_s: float | None = None
     ray_address: str | None = None
     engine_logs: bool = False         # stream the engines' own logs (Ray workers) to stderr
+    workload: str = "offline"         # "offline" (one batch) or "serve" (servers under load levels)
+    serve: ServeConfig | None = None  # serving runs only
 
     @property
     def layout(self) -> str:
@@ -62,8 +105,10 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
-        d = dict(d)
-        d["sampling"] = SamplingConfig(**d["sampling"])
+        d = dict(_strict(cls, d, "run config"))
+        d["sampling"] = SamplingConfig(**_strict(SamplingConfig, d["sampling"], "sampling config"))
+        if d.get("serve") is not None:
+            d["serve"] = ServeConfig.from_dict(d["serve"])
         return cls(**d)
 
 
@@ -73,7 +118,8 @@ class Prompt:
     index: int
     text: str                         # the chat-template-rendered prompt the engine sees
     gold: str
-    prompt_tokens: int = 0            # estimated from the tokenizer, used by balanced sharding
+    prompt_tokens: int = 0            # from the tokenizer, used by balanced sharding and length checks
+    messages: tuple[dict, ...] = ()   # the chat messages (serving sends these; the server renders them)
 
 
 @dataclass(frozen=True)
@@ -115,8 +161,10 @@ class Sample:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Sample":
-        d = dict(d)
+        _check_version(d, "sample")
+        d = dict(_strict(cls, d, "sample"))
         d["responses"] = tuple(d.get("responses", ()))
+        d["schema_version"] = SCHEMA_VERSION
         return cls(**d)
 
 
@@ -125,7 +173,7 @@ class ReplicaTiming:
     """What one replica measured about itself (seconds from its own clock)."""
     rank: int
     devices: str                      # CUDA_VISIBLE_DEVICES or the pinned CPU cores
-    startup_s: float                  # engine construction
+    startup_s: float                  # engine construction (serving: process start until healthy)
     generate_s: float                 # first generate call start to last generate call end
     prompts: int
     prompt_tokens: int
@@ -133,11 +181,28 @@ class ReplicaTiming:
     idle_after_finish_s: float = 0.0  # waited for the slowest replica after its last chunk
     chunks: int = 0
     failed: str | None = None         # why it died, when it did
+    compile: str = "unknown"          # cold (compiled at start-up) | warm (cache reused) | none | unknown
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One start of a run (the first, or a --resume): what it generated and in how long."""
+    started_at: str
+    prompts: int                      # prompts this attempt generated (not those it found done)
+    startup_s: float
+    generate_s: float
+    completion_tokens: int
+    wall_s: float
+    finished: bool                    # False: killed or failed; its finished chunks were kept
 
 
 @dataclass(frozen=True)
 class RunSummary:
-    """summary.json: its presence means the run finished."""
+    """summary.json: its presence means the run finished.
+
+    Speed figures (startup_s, generate_s, output_tokens_per_s, replicas) are the last attempt's
+    and cover timed_prompts prompts; accuracy covers all `prompts`. A resumed run
+    (resumed_prompts > 0) is marked in every table and left out of speedups and verdicts."""
     run_id: str
     config: RunConfig
     prompts: int
@@ -159,7 +224,27 @@ class RunSummary:
     failures: tuple[str, ...] = ()    # replica failures and what was re-run
     rerun_prompts: int = 0
     resumed_prompts: int = 0          # prompts taken from an earlier, interrupted attempt
+    timed_prompts: int = 0            # prompts the speed figures cover (the last attempt's)
+    timed_completion_tokens: int = 0
+    strict_ci: tuple[float, float] = (0.0, 1.0)     # 95% Wilson interval of strict_accuracy
+    flexible_ci: tuple[float, float] = (0.0, 1.0)
+    attempts: tuple[Attempt, ...] = ()
+    engine_env: dict[str, str] = field(default_factory=dict)   # variables the backend set
+    levels: tuple[dict, ...] = ()     # serving runs: one LevelStats dict per load level
     schema_version: int = SCHEMA_VERSION
+
+    @property
+    def resumed(self) -> bool:
+        return self.resumed_prompts > 0
+
+    @property
+    def compile(self) -> str:
+        """cold if any replica compiled at start-up, else warm / none / unknown."""
+        states = {r.compile for r in self.replicas if not r.failed} or {"unknown"}
+        for state in ("cold", "warm", "none"):
+            if state in states:
+                return state
+        return "unknown"
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -168,8 +253,25 @@ class RunSummary:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunSummary":
-        d = {k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}}
+        version = _check_version(d, "summary")
+        d = {k: v for k, v in d.items() if k != "layout"}     # derived, written for readers
+        d = dict(_strict(cls, d, "summary"))
         d["config"] = RunConfig.from_dict(d["config"])
-        d["replicas"] = tuple(ReplicaTiming(**r) for r in d["replicas"])
+        d["replicas"] = tuple(ReplicaTiming(**_strict(ReplicaTiming, r, "replica timing")) for r in d["replicas"])
         d["failures"] = tuple(d.get("failures", ()))
+        d["attempts"] = tuple(Attempt(**_strict(Attempt, a, "attempt")) for a in d.get("attempts", ()))
+        d["levels"] = tuple(d.get("levels", ()))
+        for key in ("strict_ci", "flexible_ci"):
+            if key in d:
+                d[key] = tuple(d[key])
+        if version == 1:
+            # schema 1 timed every prompt in one attempt, except a resumed run, whose figures
+            # covered only the last attempt's window while dividing all tokens by it
+            from evaluator.scoring import wilson_interval
+            n = d["prompts"]
+            d["timed_prompts"] = n - d.get("resumed_prompts", 0)
+            d["timed_completion_tokens"] = d["completion_tokens"] if not d.get("resumed_prompts") else 0
+            d["strict_ci"] = wilson_interval(round(d["strict_accuracy"] * n), n)
+            d["flexible_ci"] = wilson_interval(round(d["flexible_accuracy"] * n), n)
+        d["schema_version"] = SCHEMA_VERSION
         return cls(**d)

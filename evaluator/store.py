@@ -1,11 +1,14 @@
-"""Results on disk: results/<run-id>/{config.json, replicas.json, partial.jsonl, samples.jsonl, summary.json}.
+"""Results on disk: results/<run-id>/
 
-config.json is written before any work; replicas.json says, once each replica's engine is up, where
-it runs (rank, host, pid, process group, devices, start-up seconds: which process to inspect or
-kill); partial.jsonl gets every finished chunk appended and
-fsync'd (a crash loses at most the chunks in flight, and --resume re-runs only those);
-samples.jsonl and summary.json are written atomically (temp file, fsync, rename) and summary.json
-last, so its presence means the run finished.
+    config.json     the run's settings and the fingerprint of its data and model, before any work
+    attempts.jsonl  one line per event of each attempt (begin, engines up, finished)
+    replicas.json   where each replica runs (rank, host, pid, process group, devices, start-up s):
+                    which process to inspect or kill; rewritten as each one comes up
+    partial.jsonl   every finished chunk, appended and fsync'd (a crash loses at most the chunks
+                    in flight; --resume re-runs only those); serving runs: requests.jsonl, one
+                    line per finished request of every load level
+    samples.jsonl   the scored answers       } written atomically (temp file, fsync, rename),
+    summary.json    the run's summary        } summary.json last: its presence means the run finished
 
     python -c "from evaluator.store import RunDir; print(RunDir('results/x').finished)"
 """
@@ -19,7 +22,8 @@ from typing import Any, Iterable
 
 from evaluator.records import RunConfig, RunSummary, Sample
 
-CONFIG, REPLICAS, PARTIAL, SAMPLES, SUMMARY = "config.json", "replicas.json", "partial.jsonl", "samples.jsonl", "summary.json"
+CONFIG, ATTEMPTS, REPLICAS, PARTIAL, REQUESTS = "config.json", "attempts.jsonl", "replicas.json", "partial.jsonl", "requests.jsonl"
+SAMPLES, SUMMARY, LOGS = "samples.jsonl", "summary.json", "logs"
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -42,6 +46,28 @@ def atomic_write(path: Path, text: str) -> None:
         os.close(dir_fd)
 
 
+def append_lines(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """One write + fsync: every line is either whole on disk or absent."""
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    with open(path, "a") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    """Every whole line; a torn last line (killed mid-write) is ignored and cut off, so later
+    appends start on a clean line."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    whole = data[:data.rfind(b"\n") + 1]
+    if len(whole) != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(len(whole))
+    return [json.loads(line) for line in whole.decode().splitlines() if line.strip()]
+
+
 class RunDir:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -53,8 +79,11 @@ class RunDir:
     def write_config(self, config: RunConfig, extra: dict[str, Any] | None = None) -> None:
         atomic_write(self.path / CONFIG, json.dumps({"config": config.to_dict(), **(extra or {})}, indent=2) + "\n")
 
+    def read_config_file(self) -> dict[str, Any]:
+        return json.loads((self.path / CONFIG).read_text())
+
     def read_config(self) -> RunConfig:
-        return RunConfig.from_dict(json.loads((self.path / CONFIG).read_text())["config"])
+        return RunConfig.from_dict(self.read_config_file()["config"])
 
     def write_replicas(self, replicas: list[dict[str, Any]]) -> None:
         """The replicas started so far (rewritten whole, atomically, as each one comes up)."""
@@ -64,32 +93,43 @@ class RunDir:
         path = self.path / REPLICAS
         return json.loads(path.read_text())["replicas"] if path.exists() else []
 
+    # -- attempts --------------------------------------------------------------------------
+    def begin_attempt(self, started_at: str) -> int:
+        """Number the new attempt (1, 2, ...) and note when it began."""
+        k = max(self.read_attempts(), default=0) + 1
+        self.note_attempt(k, started_at=started_at)
+        return k
+
+    def note_attempt(self, attempt: int, **fields: Any) -> None:
+        append_lines(self.path / ATTEMPTS, [{"attempt": attempt, **fields}])
+
+    def read_attempts(self) -> dict[int, dict[str, Any]]:
+        out: dict[int, dict[str, Any]] = {}
+        for line in read_lines(self.path / ATTEMPTS):
+            out.setdefault(line["attempt"], {}).update(line)
+        return out
+
+    # -- offline chunks and serving requests -----------------------------------------------
     def append_chunk(self, records: Iterable[dict[str, Any]]) -> None:
-        """One write + fsync per chunk: a line is either whole on disk or absent."""
-        text = "".join(json.dumps(r) + "\n" for r in records)
-        with open(self.path / PARTIAL, "a") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        append_lines(self.path / PARTIAL, records)
+
+    def read_partial_records(self) -> list[dict[str, Any]]:
+        return read_lines(self.path / PARTIAL)
 
     def read_partial(self) -> dict[int, dict[str, Any]]:
-        """index -> record for every whole line; a torn last line (killed mid-write) is ignored
-        and cut off, so later appends start on a clean line."""
-        path = self.path / PARTIAL
-        if not path.exists():
-            return {}
-        data = path.read_bytes()
-        whole = data[:data.rfind(b"\n") + 1]
-        if len(whole) != len(data):
-            with open(path, "r+b") as f:
-                f.truncate(len(whole))
-        done = {}
-        for line in whole.decode().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                done[r["index"]] = r
-        return done
+        """index -> its finished record (the latest, should an index appear twice)."""
+        return {r["index"]: r for r in self.read_partial_records()}
 
+    def append_requests(self, records: Iterable[dict[str, Any]]) -> None:
+        append_lines(self.path / REQUESTS, records)
+
+    def read_requests(self) -> list[dict[str, Any]]:
+        return read_lines(self.path / REQUESTS)
+
+    def log_path(self, name: str) -> Path:
+        return self.path / LOGS / name
+
+    # -- results -----------------------------------------------------------------------------
     def write_samples(self, samples: list[Sample]) -> None:
         atomic_write(self.path / SAMPLES, "".join(json.dumps(s.to_dict()) + "\n" for s in samples))
 

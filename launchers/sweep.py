@@ -30,7 +30,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluator.layout import MODES
+from evaluator.layout import MODES, candidates
 from launchers.engines.base import ENGINES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,23 +124,23 @@ def parse_sweep(text: str, source: str = SWEEP_FILE) -> list[SweepLine]:
     return lines
 
 
-def generate(engines: list[str], modes: list[str], gpus: list[int], flags: list[str]) -> list[SweepLine]:
-    """engines x modes x GPU counts. single is 1 device, so it appears once per engine; hybrid
-    gives every split dp x tp = N with both above 1; layouts that repeat are written once."""
+def generate(engines: list[str], modes: list[str], gpus: list[int], flags: list[str],
+             workload: str = "offline", native: bool = True) -> list[SweepLine]:
+    """engines x modes x GPU counts, enumerated by evaluator.layout.candidates (the same list
+    `python -m evaluator.compare` runs locally): single once per engine, dp, tp, every hybrid
+    split, and the engine's own DP where it has one for the workload; repeats written once."""
     seen, lines = set(), []
-    for engine in engines:
-        for mode in modes:
-            for n in gpus:
-                if mode == "single":
-                    layouts = [(1, None, None)]
-                elif mode == "hybrid":
-                    layouts = [(n, d, n // d) for d in range(2, n) if n % d == 0 and n // d > 1]
-                else:
-                    layouts = [(n, None, None)]
-                for g, dp, tp in layouts:
-                    if (engine, mode, g, dp) not in seen:
-                        seen.add((engine, mode, g, dp))
-                        lines.append(SweepLine(len(lines), engine, mode, g, dp, tp, tuple(flags)))
+    extra = ["--workload", workload] if workload != "offline" else []
+    for n in gpus:
+        for c in candidates(engines, n, workload, tuple(modes), native):
+            key = (c.engine, c.mode, c.gpus, c.dp, c.tp, c.dp_backend)
+            if key in seen:
+                continue
+            seen.add(key)
+            hybrid = c.mode == "hybrid"
+            own = ["--dp-backend", c.dp_backend] if c.dp_backend != "ray" else []
+            lines.append(SweepLine(len(lines), c.engine, c.mode, c.gpus, c.dp if hybrid else None,
+                                   c.tp if hybrid else None, tuple(own + extra + flags)))
     return lines
 
 
@@ -309,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--engines", help="comma-separated, e.g. vllm,sglang")
     g.add_argument("--modes", default="single,dp,tp", help="comma-separated modes (hybrid = every dp x tp split)")
     g.add_argument("--gpus", default="2", help="comma-separated GPU counts per layout, e.g. 2,4")
+    g.add_argument("--workload", choices=("offline", "serve"), default="offline",
+                   help="what every run measures (serve: add its levels after --, e.g. -- --concurrency 1,16)")
+    g.add_argument("--no-native", action="store_true", help="leave out the engines' own data parallelism")
     g.add_argument("--model", help="model folder or hub id, added to every run")
     g.add_argument("--data", help="GSM8K parquet, added to every run")
     g.add_argument("--sweep-file", help="a hand-written sweep file instead of --engines/--modes/--gpus; "
@@ -374,7 +377,7 @@ def lines_from_args(args: argparse.Namespace, passthrough: list[str]) -> list[Sw
             if m not in MODES:
                 raise SweepError(f"--modes: unknown mode {m!r}; choose from {', '.join(MODES)}")
         gpus = [_int(v, "each --gpus value", "--gpus") for v in _split_list(args.gpus, "--gpus")]
-        lines = generate(engines, modes, gpus, flags)
+        lines = generate(engines, modes, gpus, flags, args.workload, not args.no_native)
     if not lines:
         raise SweepError("the sweep has no runs (hybrid needs a GPU count with a split dp x tp, both > 1)")
     return lines

@@ -3,10 +3,17 @@
 It implements the same protocol as the real backends and runs inside the real Replica actor on
 real Ray; only the engine is fake. It never stands in for vLLM in an end-to-end test.
 Behaviour comes from the run's engine_kwargs, e.g. {"die_rank": 1, "die_after_chunks": 1}.
+
+Its answers depend on the batch they were generated in (the batch size and the position in it
+are part of the text), as a real engine's may: a resumed run only equals an uninterrupted one if
+it batches the missing prompts exactly as the uninterrupted run did. With {"answer": "gold"} it
+answers "question number N" correctly in Markdown (bold, a list) unless N % 3 == 0, so the
+scorer's end-to-end accuracy is known in advance.
 """
 from __future__ import annotations
 
 import os
+import re
 import time
 
 from evaluator.records import Completion, SamplingConfig
@@ -27,9 +34,18 @@ class FakeEngine:
             time.sleep(3600)
         self.calls += 1
         time.sleep(b.get("delay_s", 0.0) * (b.get("slow_factor", 1.0) if b.get("slow_rank") == self.rank else 1.0))
-        # the answer echoes the problem number so each index gets a distinct, checkable response
-        return [Completion(texts=(f"{p[-40:]} #### {len(p)}",), prompt_tokens=len(p.split()),
-                           completion_tokens=5) for p in prompts]
+        if b.get("answer") == "gold":
+            return [self._gold(p) for p in prompts]
+        # distinct per index, and per batch: a prompt batched differently answers differently
+        return [Completion(texts=(f"{p[-40:]} batch {k}/{len(prompts)} #### {len(p)}",), prompt_tokens=len(p.split()),
+                           completion_tokens=5) for k, p in enumerate(prompts)]
+
+    @staticmethod
+    def _gold(prompt: str) -> Completion:
+        n = int(re.search(r"question number (\d+)", prompt).group(1))
+        answer = n if n % 3 else n + 1
+        text = f"Let's count.\n- first: {n} - 1 = {n - 1}\n- so the answer is **{answer}**\n\n#### **{answer}**"
+        return Completion(texts=(text,), prompt_tokens=len(prompt.split()), completion_tokens=12)
 
     def close(self) -> None:
         pass

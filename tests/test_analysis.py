@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from evaluator import analysis
-from evaluator.analysis import Cost, break_even_prompts, compare_samples, mcnemar_exact_p, verdict
+from evaluator.report import analysis
+from evaluator.report.analysis import Cost, break_even_prompts, compare_samples, mcnemar_exact_p, verdict
 from evaluator.records import ReplicaTiming, RunConfig, RunSummary, Sample, SamplingConfig
 from evaluator.scoring import flexible_extract, is_correct, majority, strict_extract
 from evaluator.store import RunDir
@@ -208,10 +208,23 @@ def test_report_show_flips_without_data_file(fabricated):
     assert "index 2" in r.stdout and "question:" not in r.stdout and "cannot be read" in r.stdout
 
 
+def equivalence_rows(out: str) -> dict[str, list[str]]:
+    """run id -> cells of the "Same answers as the baseline?" table."""
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if len(cells) == 8 and "(p=" in line:
+            rows[cells[0]] = cells
+    return rows
+
+
 def test_report_baseline_choice_and_bad_baseline(fabricated):
+    default = equivalence_rows(report_cli(fabricated, "--compare", "--no-plot").stdout)
+    assert {run: cells[2] for run, cells in default.items()} == {"dp2": "single", "tp2": "single", "quick": "single"}
     r = report_cli(fabricated, "--compare", "--baseline", "tp2", "--no-plot")
     assert r.returncode == 0, r.stderr
-    assert "baseline" in r.stdout and r.stdout.count("tp2") >= 3
+    chosen = equivalence_rows(r.stdout)
+    assert {run: cells[2] for run, cells in chosen.items()} == {"single": "tp2", "dp2": "tp2", "quick": "tp2"}
     r = report_cli(fabricated, "--compare", "--baseline", "nope")
     assert r.returncode == 2
     assert r.stdout == "" and r.stderr.strip().count("\n") == 0 and "nope" in r.stderr
@@ -341,3 +354,28 @@ def test_majority_vote_real_run(tiny_model, gsm8k_parquet, tmp_path):
     assert r.returncode == 0, r.stderr
     row = next(line for line in r.stdout.splitlines() if "1x1" in line)
     assert f"{summary.strict_maj_accuracy:.3f} @3" in row and f"{summary.flexible_maj_accuracy:.3f} @3" in row
+
+
+def test_gpu_cost_on_known_numbers():
+    """2 GPUs x (60 s start-up + 300 s work) = 0.2 GPU-hours; at 2.50 per GPU-hour that is 0.50,
+    and over 1,000,000 output tokens 0.50 per million; start-up is paid, so it counts."""
+    c = analysis.gpu_cost(2, 60.0, 300.0, 1_000_000, 2.5)
+    assert c.gpu_hours == pytest.approx(0.2) and c.cost == pytest.approx(0.5)
+    assert c.cost_per_million_tokens == pytest.approx(0.5)
+    assert analysis.gpu_cost(1, 0.0, 3600.0, 500_000, 3.0).cost_per_million_tokens == pytest.approx(6.0)
+    no_price = analysis.gpu_cost(4, 10.0, 10.0, 100, None)
+    assert no_price.gpu_hours == pytest.approx(80 / 3600) and no_price.cost is None
+    assert no_price.cost_per_million_tokens is None
+    assert analysis.gpu_cost(1, 1.0, 1.0, 0, 1.0).cost_per_million_tokens is None    # nothing generated
+    with pytest.raises(ValueError):
+        analysis.gpu_cost(0, 1.0, 1.0, 1, 1.0)
+
+
+def test_report_price_columns(fabricated):
+    r = report_cli(fabricated, "--gpu-hour-price", "4")
+    assert r.returncode == 0, r.stderr
+    assert "GPU-h" in r.stdout and "cost/M tok" in r.stdout
+    # single: 1 GPU x (10 + 20) s = 0.00833 GPU-h -> 0.03 at 4 per GPU-hour
+    row = next(line for line in r.stdout.splitlines() if "1x1" in line)
+    assert "0.008" in row and "0.03" in row
+    assert report_cli(fabricated, "--gpu-hour-price", "-1").returncode == 2

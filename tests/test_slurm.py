@@ -7,7 +7,8 @@ job.
     python -m pytest tests/test_slurm.py -s                # with the real SLURM (root, ~5 min)
 
 The SLURM tests skip, saying why, only where the daemons cannot be installed (slurm/install_deps.sh)
-or started. Jobs hold /tmp/engine.lock around every engine (EVAL_ENGINE_LOCK), so they never start
+or started, and never under `make test` (CI): there REQUIRE_REAL_PARTS=1 turns the skip into a
+failure, so a CI run that could not test SLURM is not green. Jobs hold /tmp/engine.lock around every engine (EVAL_ENGINE_LOCK), so they never start
 engines beside another test session's.
 """
 from __future__ import annotations
@@ -27,11 +28,11 @@ from pathlib import Path
 
 import pytest
 
-from evaluator import sweep_report
+from evaluator.report import sweep as sweep_report
 from evaluator.records import ReplicaTiming, RunConfig, RunSummary, SamplingConfig
 from launchers import sweep
 from launchers.sweep import SweepError
-from tests.conftest import FAST_CPU, LOCK, ROOT, last_json, run_cli
+from tests.conftest import FAST_CPU, LOCK, ROOT, last_json, run_cli, skip_or_fail
 
 
 # --- fast unit tests: no daemons ---------------------------------------------------------------
@@ -74,16 +75,25 @@ def test_parse_sweep_refuses_bad_lines(line, message):
 
 def test_generate_layouts():
     """single is one device whatever --gpus says (once per engine); hybrid is every split with
-    both factors above 1; a repeated layout is written once."""
+    both factors above 1; the engine's own DP where it has one (SGLang offline); a repeated layout
+    is written once. The list is evaluator.layout.candidates', the one the local comparison runs."""
+    from evaluator.layout import candidates
     lines = sweep.generate(["vllm", "sglang"], ["single", "dp", "tp", "hybrid"], [2, 4, 4], ["--limit", "8"])
     texts = [l.text() for l in lines]
     assert texts == [
-        "vllm single 1 --limit 8", "vllm dp 2 --limit 8", "vllm dp 4 --limit 8", "vllm tp 2 --limit 8",
-        "vllm tp 4 --limit 8", "vllm hybrid 4 2 2 --limit 8",
-        "sglang single 1 --limit 8", "sglang dp 2 --limit 8", "sglang dp 4 --limit 8", "sglang tp 2 --limit 8",
-        "sglang tp 4 --limit 8", "sglang hybrid 4 2 2 --limit 8"]
-    assert [l.task for l in lines] == list(range(12))
+        "vllm single 1 --limit 8", "vllm dp 2 --limit 8", "vllm tp 2 --limit 8",
+        "sglang single 1 --limit 8", "sglang dp 2 --limit 8", "sglang dp 2 --dp-backend native --limit 8",
+        "sglang tp 2 --limit 8",
+        "vllm dp 4 --limit 8", "vllm tp 4 --limit 8", "vllm hybrid 4 2 2 --limit 8",
+        "sglang dp 4 --limit 8", "sglang dp 4 --dp-backend native --limit 8", "sglang tp 4 --limit 8",
+        "sglang hybrid 4 2 2 --limit 8"]
+    assert [l.task for l in lines] == list(range(14))
     assert sweep.parse_sweep(sweep.format_sweep(lines, "comment")) == lines
+    local = [c for n in (2, 4) for c in candidates(["vllm", "sglang"], n, "offline")]
+    assert len({(c.engine, c.mode, c.gpus, c.dp, c.tp, c.dp_backend) for c in local}) == len(lines)
+    served = sweep.generate(["vllm"], ["dp"], [2], [], workload="serve")
+    assert [l.text() for l in served] == ["vllm dp 2 --workload serve",
+                                          "vllm dp 2 --dp-backend native --workload serve"]
 
 
 def test_index_ranges():
@@ -354,7 +364,7 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 def slurm(tmp_path_factory):
     """munged + slurmctld + slurmd for this machine, as this session's own processes."""
     if os.geteuid() != 0:
-        pytest.skip("a local SLURM needs root (slurmd starts jobs as their users)")
+        skip_or_fail("a local SLURM needs root (slurmd starts jobs as their users)")
     missing = [b for b in DAEMONS if not shutil.which(b)]
     if missing:
         r = subprocess.run(["bash", str(ROOT / "slurm" / "install_deps.sh")], capture_output=True, text=True,
@@ -362,7 +372,7 @@ def slurm(tmp_path_factory):
         missing = [b for b in DAEMONS if not shutil.which(b)]
         if missing:
             why = (r.stderr or r.stdout).strip().splitlines()[-1:] or [f"exit {r.returncode}"]
-            pytest.skip(f"SLURM not installed ({', '.join(missing)} missing) and slurm/install_deps.sh failed: {why[0]}")
+            skip_or_fail(f"SLURM not installed ({', '.join(missing)} missing) and slurm/install_deps.sh failed: {why[0]}")
     d = tmp_path_factory.mktemp("slurm")
     for sub in ("munge", "state", "spool", "log"):
         (d / sub).mkdir(mode=0o700)
@@ -388,7 +398,7 @@ def slurm(tmp_path_factory):
             time.sleep(0.2)
         cred = subprocess.run(f"munge -n -S {sock} | unmunge -S {sock}", shell=True, capture_output=True, text=True)
         if cred.returncode != 0:
-            pytest.skip(f"munged did not start: {cred.stderr.strip()[:200]}\n{_tail(d / 'log' / 'munged.log')}")
+            skip_or_fail(f"munged did not start: {cred.stderr.strip()[:200]}\n{_tail(d / 'log' / 'munged.log')}")
         node = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, env=env).stdout.splitlines()[0]
         conf.write_text(_slurm_conf(d, node, _free_port(), _free_port(), sock))
         start("slurmctld", "-D", "-i")
@@ -402,7 +412,7 @@ def slurm(tmp_path_factory):
                 break
             time.sleep(1)
         else:
-            pytest.skip(f"slurmctld/slurmd did not come up (node state {state!r}):\n{cluster.logs()}")
+            skip_or_fail(f"slurmctld/slurmd did not come up (node state {state!r}):\n{cluster.logs()}")
         yield cluster
         cluster.run("scancel", "--user", "root", check=False)   # only this cluster's jobs (SLURM_CONF)
         cluster.wait(timeout=120)

@@ -2,7 +2,8 @@
 is an accuracy difference between two layouts real (McNemar's exact test), do two layouts say the
 same thing (identical outputs, same extracted answer, correctness flips), where the time goes
 (straggler gap) and from which prompt count a layout's extra start-up pays for itself
-(break-even, one-sentence verdict). Nothing here reads files or prints; evaluator/report.py does.
+(break-even, one-sentence verdict), and what a layout costs (GPU-hours, cost per million tokens).
+Nothing here reads files or prints; the rest of evaluator/report does.
 
     python -m evaluator.report results/ --compare --show-flips
 """
@@ -225,3 +226,24 @@ def verdict(costs: list[Cost], prompts: int) -> Verdict:
             best = (max(n, prompts + 1), c)
     return Verdict(prompts=prompts, fastest=fastest, overtaker=best[1] if best else None,
                    overtakes_from=best[0] if best else None, alone=len(costs) == 1)
+
+
+# --- cost ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GpuCost:
+    """What a run cost in GPU time, start-up included (it is paid: the GPUs are held)."""
+    gpu_hours: float
+    cost: float | None                       # gpu_hours x price, when a price is given
+    cost_per_million_tokens: float | None    # per million output tokens
+
+
+def gpu_cost(gpus: int, startup_s: float, busy_s: float, output_tokens: int,
+             price_per_gpu_hour: float | None) -> GpuCost:
+    """gpus x (start-up + the time they worked) in hours; the price per GPU-hour turns it into
+    money, and over the run's output tokens into a price per million tokens."""
+    if gpus < 1 or startup_s < 0 or busy_s < 0 or output_tokens < 0:
+        raise ValueError("gpus >= 1, times and token count >= 0")
+    hours = gpus * (startup_s + busy_s) / 3600
+    cost = hours * price_per_gpu_hour if price_per_gpu_hour is not None else None
+    per_million = cost / output_tokens * 1e6 if cost is not None and output_tokens else None
+    return GpuCost(hours, cost, per_million)

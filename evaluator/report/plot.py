@@ -1,8 +1,9 @@
-"""One PNG next to the report table: per run, a stacked bar of start-up and generate seconds
+"""The report's pictures. report.png: per run, a stacked bar of start-up and generate seconds
 (what a user waits for), with strict and flexible accuracy on a second axis, so a layout that is
-faster but answers differently stands out at a glance.
+faster but answers differently stands out at a glance. report-serving.png: the serving runs'
+throughput-latency trade-off.
 
-    python -m evaluator.report results/ --compare --plot results/report.png
+    python -m evaluator.report results/ --compare --plot results/report.png   # + report-serving.png for serving runs
 """
 from __future__ import annotations
 
@@ -63,6 +64,34 @@ def plot_runs(bars: list[Bar], path: str | Path, title: str = "Time and accuracy
     ax.legend(handles, [h.get_label() for h in handles], loc="upper center",
               bbox_to_anchor=(0.5, -0.25 if crowded else -0.14), ncol=4, fontsize=8, frameon=False)
     ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_tradeoff(curves, path: str | Path, title: str = "Throughput against latency, per layout") -> Path:
+    """Serving runs: output tokens/s per GPU (what the hardware yields) against tokens/s per user
+    (how fast one answer streams), one line per layout through its load levels. Up and to the
+    right is better; where lines cross, the better layout changes with the load."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not curves:
+        raise ValueError("nothing to plot")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
+    for c in curves:
+        ax.plot(c.per_user, c.per_gpu, "o-", label=c.label)
+        for x, y, level in zip(c.per_user, c.per_gpu, c.levels):
+            ax.annotate(level, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("tokens/s per user (mean 1 / TPOT)")
+    ax.set_ylabel("output tokens/s per GPU")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -10,7 +10,6 @@ cancelled before the end. A task with no log never ran.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -22,7 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from evaluator.layout import LayoutError, resolve
-from evaluator.records import RunSummary
+from evaluator.records import RecordError, RunSummary
+from evaluator.report.tables import Column, accuracy_cell, compile_mark, markdown, rows as run_rows, write_csv
 from launchers.sweep import LOGS, SUMMARY, SWEEP_FILE, SweepLine, read_sweep
 
 OK, FAILED, NEVER_RAN = "ok", "failed", "never ran"
@@ -95,7 +95,7 @@ def task_statuses(sweep_dir: str | Path) -> list[TaskStatus]:
         if summary_file.is_file():
             try:
                 summary = RunSummary.from_dict(json.loads(summary_file.read_text()))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
+            except (json.JSONDecodeError, KeyError, TypeError, RecordError) as e:
                 out.append(TaskStatus(line.task, line, FAILED, _short(f"unreadable {SUMMARY}: {e}"), log=log))
                 continue
             note = f"{len(summary.failures)} replica failure(s)" if summary.failures else ""
@@ -119,61 +119,50 @@ def _planned_layout(line: SweepLine) -> str:
 def table_rows(statuses: list[TaskStatus]) -> list[dict]:
     """One dict per task; finished tasks carry the same numbers as evaluator.report's table
     (speedup against the sweep's own single-device run of the same workload)."""
-    from evaluator import report
     runs = [s.summary for s in statuses if s.summary]
-    metrics = {row["run_id"]: row for row in report.rows(runs)}
+    metrics = {row["run_id"]: row for row in run_rows(runs)}
     out = []
     for s in statuses:
         row = {"task": s.task, "status": s.status, "engine": s.line.engine, "layout": _planned_layout(s.line),
-               "device": s.line.flag("--device"), "prompts": None, "startup_s": None, "generate_s": None,
-               "total_s": None, "speedup": None, "output_tok_s": None, "strict_acc": None, "flexible_acc": None,
-               "note": s.reason, "log": str(s.log) if s.log else ""}
+               "device": s.line.flag("--device"), "prompts": None, "startup_s": None, "compile": None,
+               "generate_s": None, "total_s": None, "speedup": None, "output_tok_s": None,
+               "output_tok_s_per_gpu": None, "strict_acc": None, "strict_ci": None, "flexible_acc": None,
+               "flexible_ci": None, "note": s.reason, "log": str(s.log) if s.log else ""}
         if s.summary:
             m = metrics[s.summary.run_id]
-            row.update({k: m[k] for k in ("layout", "device", "prompts", "startup_s", "generate_s", "total_s",
-                                          "speedup", "output_tok_s", "strict_acc", "flexible_acc")})
+            row.update({k: m[k] for k in row if k in m and k not in ("engine",)})
+            if m["resumed"]:
+                row["note"] = " ".join(filter(None, [row["note"], f"resumed: timed {m['timed_prompts']}/{m['prompts']}"]))
         out.append(row)
     return out
 
 
-# (title, key, format) of the printed and Markdown columns
-COLUMNS = [("task", "task", "d"), ("status", "status", ""), ("engine", "engine", ""),
-           ("layout dp×tp", "layout", ""), ("device", "device", ""), ("prompts", "prompts", "d"),
-           ("start-up s", "startup_s", ".1f"), ("generate s", "generate_s", ".1f"), ("total s", "total_s", ".1f"),
-           ("speedup", "speedup", ".2f"), ("out tok/s", "output_tok_s", ".0f"), ("strict acc", "strict_acc", ".3f"),
-           ("flex acc", "flexible_acc", ".3f"), ("note", "note", "")]
-
-
-def _cell(value, fmt: str) -> str:
+def _cell(value, fmt: str = "") -> str:
     if value is None or value == "":
         return "-"
     return format(value, fmt) if fmt else str(value)
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    """Raw numbers (not rounded), one row per task."""
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["task"])
-        w.writeheader()
-        w.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
-
-
-def markdown(rows: list[dict], title: str) -> str:
-    def esc(text: str) -> str:
-        return text.replace("|", "\\|")
-    head = "| " + " | ".join(t for t, _, _ in COLUMNS) + " |"
-    rule = "|" + "|".join("---:" if fmt else "---" for _, _, fmt in COLUMNS) + "|"
-    body = ["| " + " | ".join(esc(_cell(row[k], fmt)) for _, k, fmt in COLUMNS) + " |" for row in rows]
-    return f"## {title}\n\n" + "\n".join([head, rule, *body]) + "\n"
+COLUMNS = [Column("task", lambda r: _cell(r["task"])), Column("status", lambda r: r["status"], False),
+           Column("engine", lambda r: r["engine"], False), Column("layout dp×tp", lambda r: r["layout"], False),
+           Column("device", lambda r: _cell(r["device"]), False), Column("prompts", lambda r: _cell(r["prompts"])),
+           Column("start-up s", lambda r: _cell(r["startup_s"], ".1f") + compile_mark(r["compile"])),
+           Column("generate s", lambda r: _cell(r["generate_s"], ".1f")),
+           Column("total s", lambda r: _cell(r["total_s"], ".1f")), Column("speedup", lambda r: _cell(r["speedup"], ".2f")),
+           Column("out tok/s", lambda r: _cell(r["output_tok_s"], ".0f")),
+           Column("tok/s/GPU", lambda r: _cell(r["output_tok_s_per_gpu"], ".0f")),
+           Column("strict acc", lambda r: accuracy_cell(r["strict_acc"], r["strict_ci"]) if r["strict_ci"] else "-"),
+           Column("flex acc", lambda r: accuracy_cell(r["flexible_acc"], r["flexible_ci"]) if r["flexible_ci"] else "-"),
+           Column("note", lambda r: _cell(r["note"]), False)]
 
 
 def print_table(rows: list[dict], console: Console, title: str) -> None:
     t = Table(title=title)
-    for name, _, fmt in COLUMNS:
-        t.add_column(name, justify="right" if fmt else "left", overflow="fold")
+    for col in COLUMNS:
+        t.add_column(col.title, justify="right" if col.right else "left", overflow="fold")
     styles = {OK: None, FAILED: "red", NEVER_RAN: "yellow"}
     for row in rows:
-        t.add_row(*(_cell(row[k], fmt) for _, k, fmt in COLUMNS), style=styles[row["status"]])
+        t.add_row(*(col.cell(row) for col in COLUMNS), style=styles[row["status"]])
     console.print(t)
 
 
@@ -188,6 +177,6 @@ def report(sweep_dir: str | Path, console: Console | None = None) -> list[dict]:
     title = f"Sweep {sweep_dir.name}: {done}/{len(rows)} task(s) finished"
     print_table(rows, console, title)
     write_csv(rows, sweep_dir / "report.csv")
-    (sweep_dir / "report.md").write_text(markdown(rows, title))
+    (sweep_dir / "report.md").write_text(markdown(rows, COLUMNS, title))
     console.print(f"wrote {sweep_dir / 'report.csv'} and {sweep_dir / 'report.md'}")
     return rows

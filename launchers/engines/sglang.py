@@ -1,5 +1,6 @@
-"""SGLang backend: one sglang.Engine with tp_size=tp and dp_size=1 (our Ray actors do DP), or
-dp_size=D when the run asks for SGLang's own data parallelism (--dp-backend native).
+"""SGLang backend: offline, one sglang.Engine with tp_size=tp and dp_size=1 (our Ray actors do DP),
+or dp_size=D when the run asks for SGLang's own data parallelism (--dp-backend native); serving,
+SGLang's launch_server with the same settings (--dp-size D behind one endpoint for native DP).
 
 Nothing that changes speed is set here; the offline GPU bundle's needs (sampling_backend,
 attention_backend) go through --engine-kwargs in SGLang's own names.
@@ -8,10 +9,18 @@ attention_backend) go through --engine-kwargs in SGLang's own names.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from evaluator.records import Completion, SamplingConfig
-from launchers.engines.base import EngineSpec
+from launchers.engines.base import EngineSpec, RequestRejected, ServerLaunch, cli_flags, free_port, python_module
+
+NATIVE_DP = ("offline", "serve")
+
+
+def engine_env(spec: EngineSpec) -> dict[str, str]:
+    return {}
 
 
 def engine_kwargs(spec: EngineSpec) -> dict[str, Any]:
@@ -37,7 +46,10 @@ def sampling_params(params: SamplingConfig, seed: int | None) -> dict[str, Any]:
 class SGLangEngine:
     def __init__(self, spec: EngineSpec):
         import sglang as sgl
-        self.engine = sgl.Engine(**engine_kwargs(spec))
+        # a free port per engine, so two runs (or two replicas) on one node do not collide on
+        # SGLang's fixed default; its NCCL ports it already picks free itself, one per DP rank
+        # (a fixed nccl_port made its native DP fail: every rank tried to bind the same one)
+        self.engine = sgl.Engine(**{"port": free_port(), **engine_kwargs(spec)})
 
     def generate(self, prompts: list[str], params: SamplingConfig, seeds: list[int] | None = None) -> list[Completion]:
         # n answers per prompt are asked as n copies of the prompt: SGLang's offline engine
@@ -48,7 +60,10 @@ class SGLangEngine:
             sp: Any = sampling_params(params, None)
         else:
             sp = [sampling_params(params, s * n + k) for s in seeds for k in range(n)]
-        outs = self.engine.generate(prompt=flat, sampling_params=sp)
+        try:
+            outs = self.engine.generate(prompt=flat, sampling_params=sp)
+        except ValueError as e:     # SGLang validates sampling params and prompt length with ValueError
+            raise RequestRejected(f"SGLang refused the request: {e}") from e
         result = []
         for i in range(len(prompts)):
             group = outs[i * n:(i + 1) * n]
@@ -61,3 +76,21 @@ class SGLangEngine:
         engine, self.engine = getattr(self, "engine", None), None
         if engine is not None:
             engine.shutdown()
+
+
+ENGINE = SGLangEngine
+
+
+def server_launch(spec: EngineSpec, port: int, host: str) -> ServerLaunch:
+    kwargs = {k: v for k, v in engine_kwargs(spec).items() if k != "model_path"}
+    return ServerLaunch(argv=(*python_module("sglang.launch_server"), "--model-path", spec.model, "--host", host,
+                              "--port", str(port), *cli_flags(kwargs, negatable=False)),
+                        # /health answers from the server's state instead of running a generation, which
+                        # under load could outlast the load client's probe and mark a live server dead
+                        env={"SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION": "false"}, port=port, health_path="/health",
+                        model_name=spec.model)
+
+
+def cache_dirs() -> list[Path]:
+    """SGLang compiles Triton kernels (its triton attention backend) into Triton's cache."""
+    return [Path(os.environ.get("TRITON_CACHE_DIR", os.path.expanduser("~/.triton/cache")))]

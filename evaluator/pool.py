@@ -1,0 +1,218 @@
+"""The replicas of one run as Ray actors, for every driver (offline batch, serving, benchmark):
+start Ray, place one actor per replica with its devices, build them concurrently, mark dead ones,
+and end them all cleanly, also when the run fails.
+
+A successful run ends its actors the way Ray means actors to end (exit_actor through
+__ray_terminate__), so Ray prints no "worker died ... SYSTEM_ERROR" for them: an error line must
+mean an error. ray.kill and the process-group SIGKILL are for actors that do not go.
+
+    python -m evaluator --engine vllm --mode dp --gpus 2   # a pool of two Replica actors
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from evaluator.errors import RunFailed, UsageError
+from evaluator.events import Listener, ReplicaFailed, ReplicaReady, ReplicaStarting, Warning
+from evaluator.hosts import usable_cpus
+from evaluator.layout import cpu_thread_binding
+from evaluator.records import RunConfig
+from launchers.engines.base import EngineSpec
+
+CLOSE_TIMEOUT_S = 120
+EXIT_TIMEOUT_S = 30
+
+
+def engine_spec(cfg: RunConfig) -> EngineSpec:
+    native_dp = cfg.dp if cfg.dp_backend == "native" else 1
+    fraction = None
+    if cfg.device == "cpu":
+        # every CPU engine takes its fraction of RAM whether it needs it or not: split the budget
+        fraction = round(cfg.cpu_memory_fraction / (cfg.dp * cfg.tp), 4)
+    return EngineSpec(model=cfg.model, tp=cfg.tp, device=cfg.device, seed=cfg.sampling.seed,
+                      max_model_len=cfg.max_model_len, native_dp=native_dp, cpu_memory_fraction=fraction,
+                      engine_kwargs=dict(cfg.engine_kwargs))
+
+
+def actor_env(cfg: RunConfig, rank: int) -> dict[str, str]:
+    env = {"TOKENIZERS_PARALLELISM": "false"}
+    if cfg.device == "cpu":
+        devices = cfg.tp * (cfg.dp if cfg.dp_backend == "native" else 1)
+        env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_thread_binding(rank, devices, cfg.cpu_cores_per_device)
+    return env
+
+
+def actor_resources(cfg: RunConfig) -> dict[str, Any]:
+    """What Ray reserves for one replica: tp GPUs (Ray sets CUDA_VISIBLE_DEVICES) or tp devices'
+    worth of CPU cores. A native-DP engine is one replica holding all dp x tp devices."""
+    devices = cfg.tp * (cfg.dp if cfg.dp_backend == "native" else 1)
+    if cfg.device == "cuda":
+        return {"num_gpus": devices, "num_cpus": 1}
+    return {"num_gpus": 0, "num_cpus": devices * cfg.cpu_cores_per_device}
+
+
+def replica_count(cfg: RunConfig) -> int:
+    return 1 if cfg.dp_backend == "native" else cfg.dp
+
+
+@dataclass
+class Member:
+    rank: int
+    actor: Any
+    alive: bool = True
+    failed: str | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def startup_s(self) -> float:
+        return self.info.get("startup_s", 0.0)
+
+
+def reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    # Ray wraps the remote traceback; its last line names the real error
+    return (text[-1] if text else type(e).__name__)[:300]
+
+
+def one_line(e: BaseException) -> str:
+    """An engine's own error as one line (a server's message keeps its log tail on stderr)."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:400]
+
+
+def refused_settings(e: BaseException) -> bool:
+    """The engine said its settings are wrong (an unknown or invalid engine argument; a server
+    that exited with argparse's usage code 2), as opposed to dying of something else."""
+    from launchers.replica import ServerFailed
+    if isinstance(e, ServerFailed):
+        return e.exit_code == 2
+    return isinstance(e, (TypeError, ValueError))
+
+
+def cause(e: BaseException) -> BaseException:
+    """The exception a Ray task raised remotely (RayTaskError.cause), or e itself."""
+    return getattr(e, "cause", None) or e
+
+
+class ReplicaPool:
+    """Owns the Ray actors of one run and guarantees they end."""
+
+    def __init__(self, cfg: RunConfig, actor_cls: type, actor_args: Callable[[int], tuple],
+                 listener: Listener, on_placed: Callable[[list[dict]], None] = lambda placed: None):
+        self.cfg, self.actor_cls, self.actor_args = cfg, actor_cls, actor_args
+        self.listener, self.on_placed = listener, on_placed
+        self.members: list[Member] = []
+        self.failures: list[str] = []
+        self.started_ray = False
+
+    def _init_ray(self) -> None:
+        import ray
+        if ray.is_initialized():
+            return
+        logs = self.cfg.engine_logs
+        if self.cfg.ray_address:
+            ray.init(address=self.cfg.ray_address, log_to_driver=logs)
+        elif self.cfg.device == "cpu":
+            ray.init(num_cpus=len(usable_cpus()), num_gpus=0, include_dashboard=False, log_to_driver=logs)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=logs)
+        self.started_ray = True
+
+    def start(self) -> None:
+        """Start every replica concurrently; one that fails or outlasts --replica-timeout is dead
+        from the start. Raises RunFailed when none started, and UsageError at once when the
+        engine refused its settings (they are the same for every replica)."""
+        import ray
+        self._init_ray()
+        cls = ray.remote(self.actor_cls)
+        for rank in range(replica_count(self.cfg)):
+            actor = cls.options(max_restarts=0, max_task_retries=0, **actor_resources(self.cfg)).remote(
+                *self.actor_args(rank))
+            self.members.append(Member(rank, actor))
+            self.listener(ReplicaStarting(rank))
+        refs = {m.actor.start.remote(): m for m in self.members}
+        timeout_s = self.cfg.replica_timeout_s
+        deadline = time.monotonic() + timeout_s if timeout_s else None
+        pending = list(refs)
+        while pending:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, pending = ray.wait(pending, num_returns=1, timeout=wait)
+            if not ready:
+                for ref in pending:
+                    self.fail(refs[ref], f"start-up exceeded --replica-timeout {timeout_s:g} s")
+                break
+            m = refs[ready[0]]
+            try:
+                m.info = ray.get(ready[0])
+            except Exception as e:  # RayActorError / RayTaskError: this replica could not start
+                self.fail(m, f"start-up failed: {reason(e)}")
+                if refused_settings(cause(e)):
+                    raise UsageError(f"the engine refused its settings: {one_line(cause(e))}") from None
+                continue
+            self.on_placed([{**x.info, "rank": x.rank} for x in self.members if x.info])
+            self.listener(ReplicaReady(m.rank, m.startup_s, m.info["devices"], m.info.get("compile", "unknown")))
+        if not self.alive():
+            raise RunFailed("no replica started: " + "; ".join(self.failures))
+
+    def alive(self) -> list[Member]:
+        return [m for m in self.members if m.alive]
+
+    def fail(self, m: Member, why: str, requeued: int = 0) -> None:
+        """Mark a replica dead and end its processes."""
+        if not m.alive:
+            return
+        m.alive, m.failed = False, why
+        self.failures.append(f"replica {m.rank}: {why}" + (f"; {requeued} re-queued" if requeued else ""))
+        self.listener(ReplicaFailed(m.rank, why, requeued))
+        self._kill(m)
+
+    def _kill(self, m: Member) -> None:
+        import ray
+        try:
+            ray.kill(m.actor, no_restart=True)
+        except Exception:
+            pass  # the actor may already be gone; its process group is still ended below
+        kill_group(m.info)
+
+    def close(self) -> None:
+        """Close every engine, let the actors exit, then end anything left in their process groups."""
+        import ray
+        if not ray.is_initialized():
+            return
+        closing = {m.actor.close.remote(): m for m in self.members if m.alive}
+        if closing:
+            ready, _ = ray.wait(list(closing), num_returns=len(closing), timeout=CLOSE_TIMEOUT_S)
+            for ref in ready:
+                try:
+                    ray.get(ref)
+                except Exception as e:
+                    self.listener(Warning(f"replica {closing[ref].rank} close failed: {reason(e)}"))
+        exiting = {m.actor.__ray_terminate__.remote(): m for m in self.members if m.alive}
+        done: list = []
+        if exiting:
+            done, _ = ray.wait(list(exiting), num_returns=len(exiting), timeout=EXIT_TIMEOUT_S)
+        for m in self.members:
+            if not m.alive:
+                continue
+            m.alive = False
+            if not any(exiting[ref] is m for ref in done):
+                self._kill(m)
+            kill_group(m.info)     # anything the engine left behind in the replica's group
+        if self.started_ray:
+            ray.shutdown()
+
+
+def kill_group(info: dict) -> None:
+    """SIGKILL the replica's process group (engine processes included), if it lives on this host."""
+    pgid = info.get("pgid")
+    if not pgid or info.get("host") != socket.gethostname() or pgid == os.getpgid(0):
+        return
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

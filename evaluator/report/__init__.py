@@ -1,0 +1,4 @@
+"""Reporting over finished runs: the run table, comparisons, serving levels, pictures, sweep reports.
+
+    python -m evaluator.report results/ --compare
+"""

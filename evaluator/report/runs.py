@@ -1,0 +1,149 @@
+"""Finding finished runs on disk and deciding which of them may be set side by side.
+
+Two keys decide it. Runs with the same speed key measured the same work under the same settings
+that change speed (model and data by fingerprint, prompts, sampling, engine and its kwargs, context
+length, device, CPU budget, workload): only those share a baseline, a speedup, a break-even. Runs
+with the same answer key answered the same prompts with the same model, sampling and context:
+those are paired answer by answer (engines may differ: that is what is being compared). A resumed
+run keeps its row but gives no speedup and is no baseline: its speed covers part of its prompts.
+
+    python -c "from evaluator.report.runs import find_runs; print(len(find_runs('results')))"
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from evaluator.records import RecordError, RunSummary
+from evaluator.store import CONFIG, SUMMARY
+
+
+@dataclass(frozen=True)
+class FoundRun:
+    """A finished run and the folder it lives in (its samples.jsonl is next to summary.json)."""
+    summary: RunSummary
+    path: Path
+    fingerprint: str = ""             # short id of its data and model (config.json), "" when unknown
+
+
+def _fingerprint(folder: Path) -> str:
+    from evaluator.fingerprint import short
+    try:
+        fp = json.loads((folder / CONFIG).read_text()).get("fingerprint")
+    except (OSError, json.JSONDecodeError):
+        return ""
+    return short(fp) if fp else ""
+
+
+def find_runs(*paths: str | Path) -> list[FoundRun]:
+    """Every finished run (summary.json) at or below the paths, oldest first. A summary this
+    version cannot read is skipped with a warning naming it and why."""
+    runs = []
+    for path in map(Path, paths):
+        files = [path] if path.is_file() else sorted(path.rglob(SUMMARY))
+        for f in files:
+            try:
+                runs.append(FoundRun(RunSummary.from_dict(json.loads(f.read_text())), f.parent, _fingerprint(f.parent)))
+            except (json.JSONDecodeError, KeyError, TypeError, RecordError) as e:
+                print(f"warning: skipping {f}: {e}", file=sys.stderr)
+    return sorted(runs, key=lambda r: (r.summary.started_at, r.summary.run_id))
+
+
+def load_runs(*paths: str | Path) -> list[RunSummary]:
+    return [r.summary for r in find_runs(*paths)]
+
+
+def _data_id(run: FoundRun | RunSummary) -> tuple:
+    """The data and model by fingerprint when the run recorded one, by path otherwise."""
+    if isinstance(run, FoundRun) and run.fingerprint:
+        return ("fingerprint", run.fingerprint)
+    s = run.summary if isinstance(run, FoundRun) else run
+    return ("paths", s.config.model, s.config.data)
+
+
+def _summary(run: FoundRun | RunSummary) -> RunSummary:
+    return run.summary if isinstance(run, FoundRun) else run
+
+
+def speed_key(run: FoundRun | RunSummary) -> tuple:
+    """Runs with the same key may be compared for speed (speedup, baseline, break-even)."""
+    s = _summary(run)
+    c = s.config
+    return (_data_id(run), c.engine, s.prompts, c.sampling, c.device, c.cpu_cores_per_device,
+            c.cpu_memory_fraction, c.max_model_len, json.dumps(c.engine_kwargs, sort_keys=True), c.workload, c.serve)
+
+
+def answer_key(run: FoundRun | RunSummary) -> tuple:
+    """Runs with the same key can be compared answer by answer."""
+    s = _summary(run)
+    c = s.config
+    return (_data_id(run), s.prompts, c.sampling, c.max_model_len)
+
+
+def baseline_for(run: FoundRun, runs: list[FoundRun]) -> FoundRun | None:
+    """The latest single-device, not resumed run with the same speed key."""
+    singles = [r for r in runs if r.summary.config.dp * r.summary.config.tp == 1 and not r.summary.resumed
+               and speed_key(r) == speed_key(run)]
+    return singles[-1] if singles else None
+
+
+def layout_label(run: RunSummary) -> str:
+    c = run.config
+    label = f"{c.dp}x{c.tp}"
+    if c.dp_backend == "native":
+        label += " native"
+    if c.sharding != "contiguous":
+        label += f" {c.sharding}"
+    return label
+
+
+def run_label(run: FoundRun, group: list[FoundRun]) -> str:
+    """engine + layout, with the run id where two runs of the group would read the same."""
+    s = run.summary
+    label = f"{s.config.engine} {layout_label(s)}"
+    same = [r for r in group if f"{r.summary.config.engine} {layout_label(r.summary)}" == label]
+    return f"{label} [{s.run_id}]" if len(same) > 1 else label
+
+
+def groups(runs: list[FoundRun]) -> list[list[FoundRun]]:
+    """Runs that can be paired (answer_key), in order of first appearance."""
+    out: dict[tuple, list[FoundRun]] = {}
+    for r in runs:
+        out.setdefault(answer_key(r), []).append(r)
+    return list(out.values())
+
+
+class ReportError(ValueError):
+    """Bad report input (e.g. an unknown --baseline): one line, exit code 2."""
+
+
+def resolve_baseline(runs: list[FoundRun], run_id: str | None) -> FoundRun | None:
+    if run_id is None:
+        return None
+    found = [r for r in runs if r.summary.run_id == run_id or r.path.resolve() == Path(run_id).resolve()]
+    if not found:
+        raise ReportError(f"--baseline {run_id}: no finished run with that id "
+                          f"(have: {', '.join(sorted({r.summary.run_id for r in runs}))})")
+    if len(found) > 1:
+        raise ReportError(f"--baseline {run_id} names {len(found)} runs ({', '.join(str(r.path) for r in found)}); "
+                          f"pass its folder instead")
+    return found[0]
+
+
+def baseline_in_group(run: FoundRun, group: list[FoundRun], chosen: FoundRun | None) -> FoundRun | None:
+    """--baseline when it answered the same prompts, else the latest single-device run of the
+    same speed key (as for the speedup column)."""
+    if chosen is not None and chosen in group:
+        return chosen
+    return baseline_for(run, group)
+
+
+def describe_group(group: list[FoundRun]) -> str:
+    c, n = group[0].summary.config, group[0].summary.prompts
+    s = c.sampling
+    sampling = f"T={s.temperature:g}" + (f", n={s.n}" if s.n > 1 else "") + f", max {s.max_tokens} tokens"
+    if s.ignore_eos:
+        sampling += ", eos off"
+    return f"{n} prompts of {Path(c.data).name}, model {Path(c.model).name}, {sampling}"

@@ -1,0 +1,136 @@
+"""The run table: one row per finished run, offline and serving side by side, as rich output, CSV
+(raw numbers) and Markdown (to paste into an issue or a wiki). The sweep and comparison reports
+print through here too.
+
+    python -m evaluator.report results/
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from evaluator.records import RunSummary
+from evaluator.report import analysis
+from evaluator.report.runs import FoundRun, baseline_for, layout_label
+
+
+def _found(runs: list[FoundRun] | list[RunSummary]) -> list[FoundRun]:
+    return [r if isinstance(r, FoundRun) else FoundRun(r, Path(".")) for r in runs]
+
+
+def busy_s(s: RunSummary) -> float:
+    """Seconds the devices worked after start-up: the batch, or every load level."""
+    return s.generate_s
+
+
+def rows(runs: list[FoundRun] | list[RunSummary], price_per_gpu_hour: float | None = None) -> list[dict]:
+    found = _found(runs)
+    out = []
+    for r in found:
+        s, c = r.summary, r.summary.config
+        base = baseline_for(r, found) if not s.resumed else None
+        speedup = base.summary.generate_s / s.generate_s if base and s.generate_s and c.workload == "offline" else None
+        gpus = c.dp * c.tp
+        cost = analysis.gpu_cost(gpus, s.startup_s, busy_s(s), s.timed_completion_tokens or s.completion_tokens,
+                                 price_per_gpu_hour)
+        out.append({"run_id": s.run_id, "engine": c.engine, "layout": layout_label(s), "workload": c.workload,
+                    "device": c.device, "prompts": s.prompts, "startup_s": s.startup_s, "compile": s.compile,
+                    "generate_s": s.generate_s, "total_s": s.wall_s, "speedup": speedup,
+                    "output_tok_s": s.output_tokens_per_s, "output_tok_s_per_gpu": s.output_tokens_per_s / gpus,
+                    "strict_acc": s.strict_accuracy, "strict_ci": s.strict_ci,
+                    "flexible_acc": s.flexible_accuracy, "flexible_ci": s.flexible_ci,
+                    "ignore_eos": c.sampling.ignore_eos, "n": c.sampling.n, "strict_maj_acc": s.strict_maj_accuracy,
+                    "flexible_maj_acc": s.flexible_maj_accuracy, "failures": len(s.failures), "resumed": s.resumed,
+                    "timed_prompts": s.timed_prompts, "gpu_hours": cost.gpu_hours, "cost": cost.cost,
+                    "cost_per_mtok": cost.cost_per_million_tokens})
+    return out
+
+
+def _f(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def compile_mark(state: str | None) -> str:
+    """' cold' / ' warm' / ' none' after a start-up time; nothing when the run did not record it."""
+    return f" {state}" if state and state != "unknown" else ""
+
+
+def accuracy_cell(acc: float, ci: tuple[float, float]) -> str:
+    return f"{acc:.3f} [{ci[0]:.2f},{ci[1]:.2f}]"
+
+
+def layout_cell(row: dict) -> str:
+    marks = [m for m, on in (("serve", row["workload"] == "serve"), ("eos-off", row["ignore_eos"]),
+                             (f"resumed: timed {row['timed_prompts']}/{row['prompts']}", row["resumed"]),
+                             ("⚠", row["failures"])) if on]
+    return " ".join([row["layout"], *marks])
+
+
+@dataclass(frozen=True)
+class Column:
+    title: str
+    cell: object                      # row -> str
+    right: bool = True
+
+
+def columns(runs_rows: list[dict], price: bool) -> list[Column]:
+    cols = [Column("engine", lambda r: r["engine"], False), Column("layout dp×tp", layout_cell, False),
+            Column("device", lambda r: r["device"], False), Column("prompts", lambda r: str(r["prompts"])),
+            Column("start-up s", lambda r: f"{r['startup_s']:.1f}" + compile_mark(r["compile"])),
+            Column("generate s", lambda r: _f(r["generate_s"], ".1f")), Column("total s", lambda r: _f(r["total_s"], ".1f")),
+            Column("speedup", lambda r: _f(r["speedup"], ".2f")), Column("out tok/s", lambda r: _f(r["output_tok_s"], ".0f")),
+            Column("tok/s/GPU", lambda r: _f(r["output_tok_s_per_gpu"], ".0f")),
+            Column("strict acc [95% CI]", lambda r: accuracy_cell(r["strict_acc"], r["strict_ci"])),
+            Column("flex acc [95% CI]", lambda r: accuracy_cell(r["flexible_acc"], r["flexible_ci"]))]
+    if any(r["strict_maj_acc"] is not None or r["flexible_maj_acc"] is not None for r in runs_rows):
+        # maj@K only when some run sampled several answers: pass@1 (strict/flex acc) is always the
+        # first answer, so the two sit side by side and show what voting adds
+        k = lambda r: f" @{r['n']}" if r["n"] > 1 else ""
+        cols += [Column("strict maj@K", lambda r: _f(r["strict_maj_acc"], ".3f") + k(r)),
+                 Column("flex maj@K", lambda r: _f(r["flexible_maj_acc"], ".3f") + k(r))]
+    if price:
+        cols += [Column("GPU-h", lambda r: f"{r['gpu_hours']:.3f}"), Column("cost", lambda r: _f(r["cost"], ".2f")),
+                 Column("cost/M tok", lambda r: _f(r["cost_per_mtok"], ".2f"))]
+    return cols
+
+
+NOTE = ("start-up: cold = compiled at start-up, warm = reused its compile cache, none = nothing to compile; "
+        "speedup = the single-device run's generate s (same engine, settings and prompts) / this run's; "
+        "resumed runs time only their last attempt and get no speedup.")
+
+
+def print_table(runs: list[FoundRun] | list[RunSummary], console: Console | None = None, highlight: str | None = None,
+                title: str = "Finished runs", price_per_gpu_hour: float | None = None) -> list[dict]:
+    console = console or Console()
+    table_rows = rows(runs, price_per_gpu_hour)
+    t = Table(title=title)
+    cols = columns(table_rows, price_per_gpu_hour is not None)
+    for col in cols:
+        t.add_column(col.title, justify="right" if col.right else "left")
+    for row in table_rows:
+        t.add_row(*(col.cell(row) for col in cols), style="bold" if row["run_id"] == highlight else None)
+    console.print(t)
+    console.print(NOTE, style="dim", highlight=False)
+    return table_rows
+
+
+def markdown(table_rows: list[dict], cols: list[Column], title: str) -> str:
+    def esc(text: str) -> str:
+        return text.replace("|", "\\|")
+    head = "| " + " | ".join(c.title for c in cols) + " |"
+    rule = "|" + "|".join("---:" if c.right else "---" for c in cols) + "|"
+    body = ["| " + " | ".join(esc(c.cell(row)) for c in cols) + " |" for row in table_rows]
+    return f"## {title}\n\n" + "\n".join([head, rule, *body]) + "\n"
+
+
+def write_csv(table_rows: list[dict], path: Path) -> None:
+    """Raw numbers (not rounded), one row per run or task."""
+    fields = list(dict.fromkeys(k for row in table_rows for k in row)) or ["run_id"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in table_rows)

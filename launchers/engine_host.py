@@ -1,0 +1,140 @@
+"""One offline engine in a plain child process, driven over a pipe: build it, generate, close.
+
+Why a child: vLLM forces the `spawn` start method for its EngineCore inside a Ray actor (forking
+a Ray worker is unsafe), so an engine built in the actor itself imports torch and vLLM a second
+time in the EngineCore (~15 s on one CPU core), which a plain process skips (it forks). The Ray
+actor (launchers.replica.Replica) therefore keeps the engine here, and the benchmark's bare worker
+is this same host without Ray: both build through launchers.engines.base.build and time only
+engine.generate, so the benchmark measures what Ray and the driver add, nothing else.
+
+    python -c "from launchers.engine_host import EngineHost"   # used by Replica and evaluator.bench
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from launchers.engines.base import EngineSpec, build, cache_dirs, files_under
+
+
+def confine_to_devices(spec: EngineSpec) -> None:
+    """On CPU hosts, keep this process and everything it starts on its devices' cores
+    (VLLM_CPU_OMP_THREADS_BIND, already in the environment). A CPU "device" is its cores, for the
+    whole replica: vLLM pins only its model threads, and the scheduler and front end of a 1-device
+    engine would otherwise use the other devices' cores for free, flattering single against dp."""
+    binding = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    if spec.device == "cpu" and binding and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {int(c) for group in binding.split("|") for c in group.split(",")})
+
+
+class EngineHostDied(RuntimeError):
+    """The child process ended without answering (killed, or crashed hard)."""
+
+
+def compile_state(before: dict[str, float], after: dict[str, float], started: float) -> str:
+    """cold: the start wrote compiled artifacts; warm: it found some and wrote none; none: the
+    engine keeps no compile cache for this start (eager mode, or nothing cacheable)."""
+    if any(mtime >= started - 1 for path, mtime in after.items() if before.get(path) != mtime):
+        return "cold"
+    return "warm" if before else "none"
+
+
+class EngineHost:
+    """The parent's handle. Every call returns the child's answer or raises the child's exception
+    (RequestRejected included), or EngineHostDied."""
+
+    def __init__(self, engine: str, spec: EngineSpec, env: dict[str, str | None] | None = None):
+        """env: added to this process's environment for the child; None as a value unsets it."""
+        full = dict(os.environ)
+        for key, value in (env or {}).items():
+            if value is None:
+                full.pop(key, None)
+            else:
+                full[key] = value
+        r_parent, w_child = os.pipe()
+        r_child, w_parent = os.pipe()
+        self.proc = subprocess.Popen([sys.executable, "-m", "launchers.engine_host", str(r_child), str(w_child)],
+                                     pass_fds=(r_child, w_child), env=full, stdin=subprocess.DEVNULL)
+        os.close(r_child)
+        os.close(w_child)
+        self.conn_in, self.conn_out = Connection(r_parent, writable=False), Connection(w_parent, readable=False)
+        self.engine, self.spec = engine, spec
+
+    def _call(self, *message: Any) -> Any:
+        try:
+            self.conn_out.send(message)
+            kind, value = self.conn_in.recv()
+        except (EOFError, OSError, BrokenPipeError):
+            rc = self.proc.wait()
+            raise EngineHostDied(f"the engine process ended with code {rc}") from None
+        if kind == "error":
+            raise value
+        return value
+
+    def start(self) -> dict[str, Any]:
+        """Build the engine: {"startup_s", "compile"} as the child measured them."""
+        return self._call("build", self.engine, self.spec)
+
+    def generate(self, prompts, params, seeds=None):
+        return self._call("generate", prompts, params, seeds)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self._call("close")
+            except EngineHostDied:
+                pass
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.conn_in.close()
+        self.conn_out.close()
+
+
+def serve(conn_in: Connection, conn_out: Connection) -> None:
+    """Child side: answer build / generate / close until told to close or the parent goes."""
+    engine = None
+    while True:
+        try:
+            message = conn_in.recv()
+        except EOFError:            # the parent is gone: end the engine with it
+            break
+        op = message[0]
+        try:
+            if op == "build":
+                _, name, spec = message
+                confine_to_devices(spec)
+                dirs = cache_dirs(name)
+                before, t_wall, t0 = files_under(dirs), time.time(), time.perf_counter()
+                engine = build(name, spec)
+                answer = {"startup_s": time.perf_counter() - t0, "compile": compile_state(before, files_under(dirs), t_wall)}
+            elif op == "generate":
+                answer = engine.generate(*message[1:])
+            elif op == "close":
+                if engine is not None:
+                    engine.close()
+                engine = None
+                conn_out.send(("ok", None))
+                break
+            else:
+                raise ValueError(f"unknown operation {op!r}")
+            conn_out.send(("ok", answer))
+        except Exception as e:      # sent to the parent, which raises it: nothing is swallowed
+            try:
+                pickle.dumps(e)
+            except Exception:
+                e = RuntimeError(f"{type(e).__name__}: {e}")
+            conn_out.send(("error", e))
+    if engine is not None:
+        engine.close()
+
+
+if __name__ == "__main__":
+    serve(Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False))
