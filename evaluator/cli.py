@@ -127,6 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(own flags, the evaluator flags after `--`) of a command that runs evaluator runs."""
+    argv = list(argv)
+    if "--" not in argv:
+        return argv, []
+    i = argv.index("--")
+    return argv[:i], argv[i + 1:]
+
+
 def explicit_flags(argv: list[str] | None) -> set[str]:
     """The dests of the flags actually typed (not their defaults)."""
     bare = build_parser()

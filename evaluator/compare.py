@@ -113,12 +113,11 @@ def run_one(p: Planned, out: Path, position: int, total: int, started: float, co
 
 
 def main(argv: list[str] | None = None) -> int:
+    from evaluator.cli import split_passthrough
     from evaluator.errors import UsageError
     from evaluator.report.document import write_report
     from evaluator.report.runs import find_runs
-    argv = sys.argv[1:] if argv is None else list(argv)
-    passthrough = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    argv, passthrough = split_passthrough(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     console = Console(stderr=True)

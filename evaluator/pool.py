@@ -123,12 +123,29 @@ class ReplicaPool:
             ray.init(include_dashboard=False, log_to_driver=logs)
         self.started_ray = True
 
+    def check_placement(self) -> None:
+        """A replica's devices must be on one node (tensor parallelism never spans nodes here),
+        and the cluster must have them all: refuse at once rather than wait forever for Ray."""
+        import ray
+        need = actor_resources(self.cfg)
+        kind = "GPU" if self.cfg.device == "cuda" else "CPU"
+        per = need["num_gpus"] if kind == "GPU" else need["num_cpus"]
+        nodes = [n["Resources"].get(kind, 0) for n in ray.nodes() if n.get("Alive")]
+        if not nodes or max(nodes) < per:
+            raise UsageError(f"a replica needs {per:g} {kind}(s) on one node, and the largest node of the Ray "
+                             f"cluster has {max(nodes, default=0):g}; use a smaller --tp")
+        if sum(int(n // per) for n in nodes) < replica_count(self.cfg):
+            raise UsageError(f"the Ray cluster's nodes hold {sum(int(n // per) for n in nodes)} replica(s) of "
+                             f"{per:g} {kind}(s), the layout needs {replica_count(self.cfg)}")
+
     def start(self) -> None:
         """Start every replica concurrently; one that fails or outlasts --replica-timeout is dead
         from the start. Raises RunFailed when none started, and UsageError at once when the
-        engine refused its settings (they are the same for every replica)."""
+        engine refused its settings (they are the same for every replica) or the cluster cannot
+        place the replicas."""
         import ray
         self._init_ray()
+        self.check_placement()
         cls = ray.remote(self.actor_cls)
         for rank in range(replica_count(self.cfg)):
             actor = cls.options(max_restarts=0, max_task_retries=0, **actor_resources(self.cfg)).remote(

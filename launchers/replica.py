@@ -66,8 +66,10 @@ class _ReplicaBase:
         self.rank, self.engine_name, self.spec = rank, engine, spec
 
     def info(self) -> dict[str, Any]:
+        import ray
         return {"rank": self.rank, "pid": os.getpid(), "pgid": os.getpgid(0) if self.own_group else None,
-                "host": socket.gethostname(), "devices": self.devices()}
+                "host": socket.gethostname(), "node": ray.get_runtime_context().get_node_id(),
+                "devices": self.devices()}
 
     def devices(self) -> str:
         if self.spec.device == "cuda":

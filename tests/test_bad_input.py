@@ -163,7 +163,6 @@ def test_resume_refuses_a_changed_data_file(stopped_run, gsm8k_parquet, tmp_path
 def test_resume_refuses_changed_model_weights(stopped_run, tiny_model, tmp_path):
     """Regenerated random weights of the same shape (same sizes, same header) are caught too."""
     import shutil
-    from evaluator.store import RunDir
     weights = next(tiny_model.glob("*.safetensors"))
     saved = tmp_path / "weights.bak"
     shutil.copy(weights, saved)

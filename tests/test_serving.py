@@ -95,26 +95,40 @@ def start(args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
+def served_requests(url: str) -> float:
+    """Requests the vLLM server has finished, from its own Prometheus counter (0 when unreachable)."""
+    import urllib.request
+    try:
+        text = urllib.request.urlopen(url + "/metrics", timeout=2).read().decode()
+    except OSError:
+        return 0.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm:request_success_total"))
+
+
 def test_killed_server_mid_level_reroutes_its_requests(tiny_model, gsm8k_parquet, tmp_path):
-    """dp=2 at concurrency 2; replica 1's server is SIGKILLed once the load runs: its requests are
-    retried on replica 0 and counted, every request has its answer, and the run says why."""
+    """dp=2 at concurrency 2; replica 1's server is SIGKILLed once it has answered a request of the
+    level (its own counter says so): its requests are retried on replica 0 and counted, every
+    request has its answer, and the run says why."""
     proc = start(["--engine", "vllm", "--mode", "dp", "--gpus", "2", "--model", str(tiny_model),
                   "--data", str(gsm8k_parquet), "--output-dir", str(tmp_path), "--run-id", "cut", *SERVE,
-                  "--limit", "16", "--max-tokens", "48", "--ignore-eos", "--concurrency", "2"])
+                  "--limit", "40", "--max-tokens", "96", "--ignore-eos", "--concurrency", "2"])
     rd = RunDir(tmp_path / "cut")
     placed = wait_for(lambda: [r for r in rd.read_replicas() if r.get("server_pid")] if len(rd.read_replicas()) == 2
                       else None, proc, 1500, "both servers up")
-    time.sleep(3)                        # the level is under way (it starts as soon as both are up)
-    os.kill(next(r["server_pid"] for r in placed if r["rank"] == 1), signal.SIGKILL)
+    victim = next(r for r in placed if r["rank"] == 1)
+    wait_for(lambda: served_requests(victim["url"]) >= 1, proc, 300, "replica 1's first answered request", every=0.05)
+    os.kill(victim["server_pid"], signal.SIGKILL)
     stdout, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stderr[-4000:]
     summary = rd.read_summary()
     assert len(summary.failures) == 1 and summary.failures[0].startswith("replica 1: server stopped answering")
     assert summary.replicas[1].failed
     results = [l for l in rd.read_requests()]
-    assert sorted(r["index"] for r in results) == list(range(16)) and all(r["ok"] for r in results)
+    assert sorted(r["index"] for r in results) == list(range(40)) and all(r["ok"] for r in results)
     assert sum(r["retries"] for r in results) >= 1 and summary.levels[0]["retries"] >= 1
-    assert any(r["replica"] == 1 for r in results) or summary.levels[0]["retries"] >= 1
+    assert any(r["replica"] == 1 for r in results), "replica 1 answered before it was killed"
+    assert sum(r["replica"] == 0 for r in results) > 20, "replica 0 took over the rest"
     assert wait_no_engines() == [], "the killed replica's engine and the other server ended with the run"
 
 

@@ -19,8 +19,7 @@ from rich.table import Table
 from evaluator.data import question_texts
 from evaluator.records import Sample
 from evaluator.report import analysis
-from evaluator.report.runs import (FoundRun, baseline_in_group, describe_group, groups, layout_label,
-                                   run_label)
+from evaluator.report.runs import (FoundRun, baseline_in_group, describe_group, groups, run_label)
 from evaluator.store import RunDir
 
 

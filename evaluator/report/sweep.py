@@ -23,7 +23,7 @@ from rich.table import Table
 from evaluator.layout import LayoutError, resolve
 from evaluator.records import RecordError, RunSummary
 from evaluator.report.tables import Column, accuracy_cell, compile_mark, markdown, rows as run_rows, write_csv
-from launchers.sweep import LOGS, SUMMARY, SWEEP_FILE, SweepLine, read_sweep
+from launchers.sweepfile import LOGS, SUMMARY, SWEEP_FILE, SweepLine, read_sweep
 
 OK, FAILED, NEVER_RAN = "ok", "failed", "never ran"
 LOG_NAME = re.compile(r"^(\d+)_(\d+)\.log$")
