@@ -17,7 +17,7 @@ from rich.text import Text
 
 
 def _say(console: Console, head: str, style: str, message: str) -> None:
-    console.print(Text(head, style=style) + Text(" " + message))
+    console.print(Text(head, style=style) + Text(" " + message), soft_wrap=True)   # one line, for whoever reads it
 
 
 def main(argv: list[str] | None = None) -> int:

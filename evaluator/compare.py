@@ -104,12 +104,18 @@ def run_one(p: Planned, out: Path, position: int, total: int, started: float, co
     console.rule(f"layout {position} of {total}: {p.label} · comparison elapsed {elapsed / 60:.1f} min"
                  + (" · resuming" if argv[0] == "--resume" else ""))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "evaluator", *argv], env=env, stdout=subprocess.PIPE, text=True)
-    if proc.returncode == 0:
+    proc = subprocess.Popen([sys.executable, "-m", "evaluator", *argv], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, errors="replace")
+    last_error = ""
+    for line in proc.stderr:            # shown as it comes; its last "error:" line is the reason
+        sys.stderr.write(line)
+        if line.lstrip().startswith("error:"):
+            last_error = " ".join(line.split())
+    if proc.wait() == 0:
         return None
     if proc.returncode == 130:
         raise KeyboardInterrupt
-    return f"exit {proc.returncode} (see {folder})"
+    return f"exit {proc.returncode}: {last_error or 'no error line'} (see {folder})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, p in enumerate(runnable, 1):
             why = run_one(p, out, k, len(runnable), started, console)
             if why:
+                console.print(f"failed {p.label}: {why}", markup=False, highlight=False)
                 failed.append((p.label, f"failed: {why}"))
     except KeyboardInterrupt:
         console.print(f"interrupted: continue with python -m evaluator.compare --resume {out}", markup=False)

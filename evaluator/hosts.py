@@ -69,10 +69,14 @@ def gpus_without_p2p(tp: int) -> list[tuple[int, int]]:
     if len(handles) < 2:
         return []
     import pynvml
+    # an int: some nvidia-ml-py releases define the index as a one-element tuple (a stray comma),
+    # which ctypes cannot pass
+    read = pynvml.NVML_P2P_CAPS_INDEX_READ
+    read = int(read[0] if isinstance(read, tuple) else read)
     missing = []
     for i in range(len(handles)):
         for j in range(i + 1, len(handles)):
-            status = pynvml.nvmlDeviceGetP2PStatus(handles[i], handles[j], pynvml.NVML_P2P_CAPS_INDEX_READ)
+            status = pynvml.nvmlDeviceGetP2PStatus(handles[i], handles[j], read)
             if status != pynvml.NVML_P2P_STATUS_OK:
                 missing.append((i, j))
     return missing

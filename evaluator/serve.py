@@ -138,7 +138,8 @@ def execute(cfg: RunConfig, run_id: str, run_dir: RunDir, prompts: list[Prompt],
 
 def _summary(cfg, run_id, run_dir, attempt, levels, golds, pool, served, started_at, wall_s, host) -> RunSummary:
     """Per level: throughput, latency percentiles, goodput and accuracy. The run's accuracy and
-    samples.jsonl are the first level's answers (so --compare pairs them with any other run)."""
+    samples.jsonl are the answers of the level that sent the most prompts (the first such level),
+    so --compare pairs them with any other run of the same prompts."""
     from launchers.engines.base import engine_env
     keep = finished_levels(run_dir)
     by_level: dict[str, list[RequestResult]] = {}
@@ -148,7 +149,8 @@ def _summary(cfg, run_id, run_dir, attempt, levels, golds, pool, served, started
         if keep.get(r.level, (None,))[0] == written_by:
             by_level.setdefault(r.level, []).append(r)
     records = [level_record(by_level[lv.label], keep[lv.label][1], cfg, golds) for lv in levels]
-    first = scored(by_level[levels[0].label], golds)
+    widest = max(levels, key=lambda lv: len(by_level[lv.label]))     # max keeps the first of equals
+    first = scored(by_level[widest.label], golds)
     run_dir.write_samples(first)
     n = len(first)
     strict, flexible = sum(s.strict_correct for s in first), sum(s.flexible_correct for s in first)

@@ -39,10 +39,11 @@ class EngineHostDied(RuntimeError):
     """The child process ended without answering (killed, or crashed hard)."""
 
 
-def compile_state(before: dict[str, float], after: dict[str, float], started: float) -> str:
-    """cold: the start wrote compiled artifacts; warm: it found some and wrote none; none: the
-    engine keeps no compile cache for this start (eager mode, or nothing cacheable)."""
-    if any(mtime >= started - 1 for path, mtime in after.items() if before.get(path) != mtime):
+def compile_state(before: set[str], after: set[str]) -> str:
+    """cold: the start wrote compiled artifacts under a new name (a configuration it had not
+    compiled before); warm: it found the cache and added nothing (engines may touch existing files
+    on a warm load); none: the engine keeps no compile cache for this start (eager mode)."""
+    if after - before:
         return "cold"
     return "warm" if before else "none"
 
@@ -117,9 +118,9 @@ def serve(conn_in: Connection, conn_out: Connection) -> None:
                 _, name, spec = message
                 confine_to_devices(spec)
                 dirs = cache_dirs(name)
-                before, t_wall, t0 = files_under(dirs), time.time(), time.perf_counter()
+                before, t0 = files_under(dirs), time.perf_counter()
                 engine = build(name, spec)
-                answer = {"startup_s": time.perf_counter() - t0, "compile": compile_state(before, files_under(dirs), t_wall)}
+                answer = {"startup_s": time.perf_counter() - t0, "compile": compile_state(before, files_under(dirs))}
             elif op == "generate":
                 answer = engine.generate(*message[1:])
             elif op == "close":

@@ -6,6 +6,7 @@ Each actor makes itself the leader of a new process group before it starts anyth
 engine's processes (vLLM's EngineCore and TP workers, SGLang's scheduler, a server and its
 children) share that group, and starts a reaper outside the group that SIGKILLs the group once
 the actor is gone, however it went (closed, killed, or taken down with a SIGKILLed driver).
+The reaper is not the actor's child (Ray kills a dying worker's children, not their children).
 
     python -m evaluator --engine vllm --mode dp --gpus 2                     # two Replica actors
     python -m evaluator --engine vllm --mode dp --gpus 2 --workload serve    # two ServerReplica actors
@@ -41,10 +42,19 @@ except OSError:
 """
 
 
+# Started through a launcher that exits at once, so the reaper is not the actor's child: a Ray
+# worker that exits kills its direct children (the reaper was one, and the engine outlived it).
+LAUNCH = """
+import subprocess, sys
+subprocess.Popen([sys.executable, "-c", sys.argv[1], *sys.argv[2:]], start_new_session=True,
+                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
+"""
+
+
 def start_reaper() -> None:
-    subprocess.Popen([sys.executable, "-c", REAPER, str(os.getpid()), str(os.getpgid(0))],
-                     start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, close_fds=True)
+    subprocess.run([sys.executable, "-c", LAUNCH, REAPER, str(os.getpid()), str(os.getpgid(0))],
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   close_fds=True, check=True)
 
 
 class _ReplicaBase:
@@ -80,11 +90,10 @@ class _ReplicaBase:
         """Run start() and time it; say whether it compiled (cold) or reused a cache (warm)."""
         dirs = cache_dirs(self.engine_name)
         before = files_under(dirs)
-        t_wall, t0 = time.time(), time.perf_counter()
+        t0 = time.perf_counter()
         extra = start()
         startup_s = time.perf_counter() - t0
-        return {**self.info(), **extra, "startup_s": startup_s,
-                "compile": compile_state(before, files_under(dirs), t_wall)}
+        return {**self.info(), **extra, "startup_s": startup_s, "compile": compile_state(before, files_under(dirs))}
 
 
 class Replica(_ReplicaBase):

@@ -63,7 +63,8 @@ def write_report(folder: Path, found: list[FoundRun], skipped: list[tuple[str, s
         table_rows = []
         console.print("no layout finished", style="red")
     for label, why in skipped:
-        console.print(f"skipped {label}: {why}", markup=False, highlight=False)
+        console.print(f"{label}: {why}" if why.startswith("failed") else f"skipped {label}: {why}",
+                      markup=False, highlight=False)
     lines = [f"# {title}", ""]
     if found:
         lines += [markdown(table_rows, columns(table_rows, price_per_gpu_hour is not None), "Runs"), ""]

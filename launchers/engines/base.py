@@ -172,15 +172,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def files_under(dirs: list[Path]) -> dict[str, float]:
-    """path -> mtime of every file below the folders (missing folders are empty)."""
-    out: dict[str, float] = {}
-    for d in dirs:
-        for root, _, files in os.walk(d):
-            for f in files:
-                p = os.path.join(root, f)
-                try:
-                    out[p] = os.stat(p).st_mtime
-                except OSError:
-                    pass
-    return out
+def files_under(dirs: list[Path]) -> set[str]:
+    """Every file below the folders (missing folders are empty)."""
+    return {os.path.join(root, f) for d in dirs for root, _, files in os.walk(d) for f in files}
