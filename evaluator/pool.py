@@ -117,10 +117,13 @@ class ReplicaPool:
         logs = self.cfg.engine_logs
         if self.cfg.ray_address:
             ray.init(address=self.cfg.ray_address, log_to_driver=logs)
+        # address="local": a Ray of our own even where a `ray start` cluster runs on this machine
+        # (plain ray.init() would join it, and refuse the CPU count)
         elif self.cfg.device == "cpu":
-            ray.init(num_cpus=len(usable_cpus()), num_gpus=0, include_dashboard=False, log_to_driver=logs)
+            ray.init(address="local", num_cpus=len(usable_cpus()), num_gpus=0, include_dashboard=False,
+                     log_to_driver=logs)
         else:
-            ray.init(include_dashboard=False, log_to_driver=logs)
+            ray.init(address="local", include_dashboard=False, log_to_driver=logs)
         self.started_ray = True
 
     def check_placement(self) -> None:

@@ -30,11 +30,11 @@ def sample(index: int, response: str, gold: str = "7", **kw) -> Sample:
 def write_run(root: Path, run_id: str, samples: list[Sample], dp: int = 1, tp: int = 1, startup_s: float = 10.0,
               generate_s: list[float] | None = None, data: str = "/nonexistent/data.parquet", started: int = 0,
               sharding: str = "contiguous", sampling: SamplingConfig = SamplingConfig(max_tokens=12),
-              **summary_kw) -> Path:
+              engine_kwargs: dict | None = None, max_model_len: int | None = None, **summary_kw) -> Path:
     generate_s = generate_s or [20.0] * dp
     cfg = RunConfig(engine="vllm", mode="single" if dp * tp == 1 else ("dp" if tp == 1 else "tp"), gpus=dp * tp,
                     dp=dp, tp=tp, model="/models/tiny", data=data, device="cpu", sampling=sampling,
-                    sharding=sharding)
+                    sharding=sharding, engine_kwargs=engine_kwargs or {}, max_model_len=max_model_len)
     per = len(samples) // dp
     replicas = tuple(ReplicaTiming(rank=r, devices=f"cpu {r}", startup_s=startup_s - r, generate_s=g,
                                    prompts=per + (len(samples) - per * dp if r == 0 else 0), prompt_tokens=0,
@@ -379,3 +379,23 @@ def test_report_price_columns(fabricated):
     row = next(line for line in r.stdout.splitlines() if "1x1" in line)
     assert "0.008" in row and "0.03" in row
     assert report_cli(fabricated, "--gpu-hour-price", "-1").returncode == 2
+
+
+@pytest.mark.parametrize("single_kw,dp2_kw", [
+    ({"engine_kwargs": {"enforce_eager": True}}, {}),          # eager is slower: no baseline for a compiled run
+    ({"max_model_len": 1024}, {"max_model_len": 4096}),        # another context length, another KV cache
+])
+def test_a_baseline_has_the_same_settings(tmp_path, single_kw, dp2_kw):
+    """Speedups and baselines compare only runs whose settings that change speed are equal."""
+    base = [sample(i, "#### 7") for i in range(4)]
+    write_run(tmp_path / "a", "single", base, started=1, **single_kw)
+    write_run(tmp_path / "a", "dp2", base, dp=2, started=2, **dp2_kw)
+    r = report_cli(tmp_path / "a", "--compare", "--no-plot")
+    assert r.returncode == 0, r.stderr
+    assert equivalence_rows(r.stdout) == {}, "dp2 was not set against a single run of other settings"
+    from evaluator.report.runs import find_runs
+    from evaluator.report.tables import rows
+    assert {row["run_id"]: row["speedup"] for row in rows(find_runs(tmp_path / "a"))} == {"single": 1.0, "dp2": None}
+    write_run(tmp_path / "b", "single", base, started=1, **dp2_kw)
+    write_run(tmp_path / "b", "dp2", base, dp=2, started=2, **dp2_kw)
+    assert {row["run_id"]: row["speedup"] for row in rows(find_runs(tmp_path / "b"))} == {"single": 1.0, "dp2": 1.0}

@@ -156,3 +156,37 @@ def test_weight_bytes_of_a_local_folder(tmp_path):
     (tmp_path / "model-00001.safetensors").write_bytes(b"x" * 100)
     (tmp_path / "model-00002.safetensors").write_bytes(b"x" * 50)
     assert weight_bytes(str(tmp_path)) == 150 and weight_bytes("Qwen/Qwen2.5-7B-Instruct") is None
+
+
+def test_summaries_are_read_strictly():
+    """A summary is read as what it claims to be: schema 1 (the 2026-11-22 GPU evidence) is read
+    by filling what it did not record; an unknown field or a newer schema is an error, not dropped."""
+    import json
+    from pathlib import Path
+    from evaluator.records import SCHEMA_VERSION, RecordError, RunSummary
+    old = Path(__file__).resolve().parents[1] / "results" / "evidence" / "2026-11-22-2xH200" / "vllm-single1.json"
+    d = json.loads(old.read_text())
+    assert d["schema_version"] == 1
+    s = RunSummary.from_dict(d)
+    assert s.timed_prompts == s.prompts == 1319 and not s.resumed and s.config.workload == "offline"
+    assert s.flexible_ci[0] <= s.flexible_accuracy <= s.flexible_ci[1]
+    again = RunSummary.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert again == s and again.schema_version == SCHEMA_VERSION
+    with pytest.raises(RecordError, match="unknown field"):
+        RunSummary.from_dict({**d, "tokens_per_joule": 3})
+    with pytest.raises(RecordError, match="schema_version 99"):
+        RunSummary.from_dict({**d, "schema_version": 99})
+    with pytest.raises(RecordError, match="unknown field"):
+        RunSummary.from_dict({**d, "config": {**d["config"], "speculative": True}})
+
+
+def test_a_missing_real_part_fails_under_make_test(monkeypatch):
+    """make test (CI) sets REQUIRE_REAL_PARTS=1: a test that cannot start its real SLURM or Ray
+    then fails, where a developer's plain pytest skips it."""
+    from tests.conftest import skip_or_fail
+    monkeypatch.setenv("REQUIRE_REAL_PARTS", "1")
+    with pytest.raises(pytest.fail.Exception, match="REQUIRE_REAL_PARTS=1"):
+        skip_or_fail("no slurmd here")
+    monkeypatch.delenv("REQUIRE_REAL_PARTS")
+    with pytest.raises(pytest.skip.Exception):
+        skip_or_fail("no slurmd here")
