@@ -267,7 +267,7 @@ class RunSummary:
         if version == 1:
             # schema 1 timed every prompt in one attempt, except a resumed run, whose figures
             # covered only the last attempt's window while dividing all tokens by it
-            from evaluator.scoring import wilson_interval
+            from evaluator.intervals import wilson_interval
             n = d["prompts"]
             d["timed_prompts"] = n - d.get("resumed_prompts", 0)
             d["timed_completion_tokens"] = d["completion_tokens"] if not d.get("resumed_prompts") else 0

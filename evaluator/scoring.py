@@ -27,6 +27,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+from evaluator.intervals import wilson_interval  # noqa: F401  (re-exported: scores come with their interval)
+
 _MINUS = str.maketrans({"\u2212": "-", "\ufe63": "-", "\uff0d": "-"})   # − ﹣ －
 _LATEX_THOUSANDS = re.compile(r"(?<=[0-9])(?:\{,\}|\\,)(?=[0-9]{3}(?![0-9]))")
 _LATEX_SPACE = re.compile(r"\\[,;:! ]")
@@ -105,23 +107,6 @@ def majority(preds: list[str | None]) -> str | None:
         return None
     best = max(counts.values())
     return next(p for p in preds if p is not None and counts[p] == best)
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (z = the normal 97.5% quantile): a difference of
-    1-2 points on 1,319 prompts lies inside it, so it is not read as real. n=0 -> (0, 1); 0/n
-    starts at exactly 0 and n/n ends at exactly 1."""
-    if n <= 0:
-        return (0.0, 1.0)
-    if not 0 <= successes <= n:
-        raise ValueError(f"{successes} successes out of {n}")
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / denom
-    low = 0.0 if successes == 0 else max(0.0, centre - half)
-    high = 1.0 if successes == n else min(1.0, centre + half)
-    return (low, high)
 
 
 def score_samples(rows, golds: dict[int, str]):

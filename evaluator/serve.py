@@ -22,7 +22,8 @@ from evaluator.events import EnginesClosed, LevelDone, LevelStarted, Listener, R
 from evaluator.hosts import HostFacts
 from evaluator.pool import ReplicaPool, actor_env, engine_spec
 from evaluator.records import Prompt, ReplicaTiming, RunConfig, RunSummary, Sample, ServeConfig
-from evaluator.scoring import score_samples, wilson_interval
+from evaluator.intervals import wilson_interval
+from evaluator.scoring import score_samples
 from evaluator.serving.client import Endpoints, run_level_sync
 from evaluator.serving.metrics import level_stats
 from evaluator.serving.records import ChatRequest, Level, RequestResult

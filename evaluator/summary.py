@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from evaluator.hosts import HostFacts
 from evaluator.records import Attempt, ReplicaTiming, RunConfig, RunSummary, Sample
-from evaluator.scoring import wilson_interval
+from evaluator.intervals import wilson_interval
 from evaluator.store import RunDir
 
 
