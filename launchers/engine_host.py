@@ -117,7 +117,7 @@ def serve(conn_in: Connection, conn_out: Connection) -> None:
             if op == "build":
                 _, name, spec = message
                 confine_to_devices(spec)
-                dirs = cache_dirs(name)
+                dirs = cache_dirs(name, spec)
                 before, t0 = files_under(dirs), time.perf_counter()
                 engine = build(name, spec)
                 answer = {"startup_s": time.perf_counter() - t0, "compile": compile_state(before, files_under(dirs))}

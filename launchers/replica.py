@@ -88,7 +88,7 @@ class _ReplicaBase:
 
     def _timed_start(self, start) -> dict[str, Any]:
         """Run start() and time it; say whether it compiled (cold) or reused a cache (warm)."""
-        dirs = cache_dirs(self.engine_name)
+        dirs = cache_dirs(self.engine_name, self.spec)
         before = files_under(dirs)
         t0 = time.perf_counter()
         extra = start()

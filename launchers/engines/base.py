@@ -128,9 +128,10 @@ def load_client_argv(name: str, **kwargs: Any) -> list[str]:
     return module.load_client_argv(**kwargs)
 
 
-def cache_dirs(name: str) -> list[Path]:
-    """Folders where the engine keeps what it compiles, to tell a cold start from a warm one."""
-    return backend(name).load().cache_dirs()
+def cache_dirs(name: str, spec: EngineSpec) -> list[Path]:
+    """Folders where the engine keeps what it compiles for this spec, to tell a cold start from a
+    warm one; none when it compiles nothing (eager mode)."""
+    return backend(name).load().cache_dirs(spec)
 
 
 # --- shared by the backends ------------------------------------------------------------------

@@ -91,6 +91,6 @@ def server_launch(spec: EngineSpec, port: int, host: str) -> ServerLaunch:
                         model_name=spec.model)
 
 
-def cache_dirs() -> list[Path]:
+def cache_dirs(spec: EngineSpec) -> list[Path]:
     """SGLang compiles Triton kernels (its triton attention backend) into Triton's cache."""
     return [Path(os.environ.get("TRITON_CACHE_DIR", os.path.expanduser("~/.triton/cache")))]

@@ -116,10 +116,18 @@ def server_launch(spec: EngineSpec, port: int, host: str) -> ServerLaunch:
                         model_name=spec.model)
 
 
-def cache_dirs() -> list[Path]:
+def cache_dirs(spec: EngineSpec) -> list[Path]:
+    """vLLM's own compile cache, and torch inductor's, which is the one vLLM-CPU fills when its
+    ahead-of-time cache is off; none in eager mode, which compiles nothing."""
+    if spec.engine_kwargs.get("enforce_eager"):
+        return []
+    import getpass
+    import tempfile
     root = os.environ.get("VLLM_CACHE_ROOT") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "vllm")
-    return [Path(root) / "torch_compile_cache"]
+    inductor = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or os.path.join(
+        tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
+    return [Path(root) / "torch_compile_cache", Path(inductor)]
 
 
 # vLLM's own serving benchmark (`vllm bench serve`), run as its module: the `vllm` script is
