@@ -21,7 +21,7 @@ from tests.fake_engine import FakeReplica
 def shared_ray():
     """One local Ray for the module: the driver uses a running Ray and leaves it up."""
     import ray
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
