@@ -29,7 +29,7 @@ from collections import Counter
 
 from evaluator.intervals import wilson_interval  # noqa: F401  (re-exported: scores come with their interval)
 
-_MINUS = str.maketrans({"\u2212": "-", "\ufe63": "-", "\uff0d": "-"})   # − ﹣ －
+_MINUSES = ("\u2212", "\ufe63", "\uff0d")   # − ﹣ －
 _LATEX_THOUSANDS = re.compile(r"(?<=[0-9])(?:\{,\}|\\,)(?=[0-9]{3}(?![0-9]))")
 _LATEX_SPACE = re.compile(r"\\[,;:! ]")
 _LATEX_WRAPPER = re.compile(r"\\[A-Za-z]+|\\[()\[\]]|[{}]")       # \boxed{ \text{ \( \] { }
@@ -45,10 +45,17 @@ _AFTER_HASHES = re.compile(r"\s*(" + _NUMBER + ")")
 _CANONICAL = re.compile(r"([+-]?)([0-9]*)(?:\.([0-9]*))?")
 
 
+def _ascii_minus(s: str) -> str:
+    # str.replace scans with memchr; str.translate with a table looks up every character
+    for m in _MINUSES:
+        s = s.replace(m, "-")
+    return s
+
+
 def clean_response(text: str) -> str:
     """Model text without its Markdown emphasis, LaTeX wrappers and "$" signs, for extraction:
     '#### **\\$1{,}000**' -> '#### 1,000'; '\\boxed{−5}' -> '  -5 ' (LaTeX leaves spaces)."""
-    s = text.translate(_MINUS).replace("\\$", "$").replace("\\%", "%")
+    s = _ascii_minus(text).replace("\\$", "$").replace("\\%", "%")
     s = _LATEX_THOUSANDS.sub(",", s)
     s = _LATEX_SPACE.sub(" ", s)
     s = _LATEX_WRAPPER.sub(" ", s)
@@ -61,7 +68,7 @@ def normalize(raw: str) -> str | None:
     '$1,000.' -> '1000'; '18.00' -> '18'; '-0.50' -> '-0.5'; '−5' -> '-5'; '-0' -> '0'.
     Equal numbers give equal strings. Exponents, fractions, words and inner spaces are not numbers.
     Pure string work, so a 40-digit number is no problem (Decimal's 28-digit context was)."""
-    s = raw.strip().translate(_MINUS).replace(",", "").replace("$", "").rstrip(".")
+    s = _ascii_minus(raw.strip()).replace(",", "").replace("$", "").rstrip(".")
     m = _CANONICAL.fullmatch(s)
     if not m or not (m.group(2) or m.group(3)):
         return None
@@ -74,7 +81,10 @@ def normalize(raw: str) -> str | None:
 def strict_extract(text: str) -> str | None:
     """The number right after the last "####" (whitespace between is fine), normalised; None when
     there is no "####" or no number right after the last one."""
-    cleaned = clean_response(text)
+    return _strict(clean_response(text))
+
+
+def _strict(cleaned: str) -> str | None:
     at = cleaned.rfind("####")
     if at < 0:
         return None
@@ -84,7 +94,11 @@ def strict_extract(text: str) -> str | None:
 
 def flexible_extract(text: str) -> str | None:
     """The last number in the text that parses, normalised; None when there is none."""
-    for token in reversed(_NUMBER_RE.findall(clean_response(text))):
+    return _flexible(clean_response(text))
+
+
+def _flexible(cleaned: str) -> str | None:
+    for token in reversed(_NUMBER_RE.findall(cleaned)):
         value = normalize(token)
         if value is not None:
             return value
@@ -117,11 +131,12 @@ def score_samples(rows, golds: dict[int, str]):
     for rank, index, rec in rows:
         texts = rec["texts"]
         gold = golds[index]
-        strict, flexible = strict_extract(texts[0]), flexible_extract(texts[0])
+        cleaned = [clean_response(t) for t in texts]     # once per text, for both rules
+        strict, flexible = _strict(cleaned[0]), _flexible(cleaned[0])
         extra = {}
         if len(texts) > 1:
-            sm = majority([strict_extract(t) for t in texts])
-            fm = majority([flexible_extract(t) for t in texts])
+            sm = majority([_strict(c) for c in cleaned])
+            fm = majority([_flexible(c) for c in cleaned])
             extra = {"responses": tuple(texts), "strict_maj": sm, "strict_maj_correct": is_correct(sm, gold),
                      "flexible_maj": fm, "flexible_maj_correct": is_correct(fm, gold)}
         samples.append(Sample(index=index, rank=rank, response=texts[0], gold=gold,
