@@ -55,7 +55,8 @@ def test_one_repeat_produces_every_section(tiny_model, gsm8k_parquet, tmp_path):
 
     sec = report["sections"]
     assert set(sec) == {"overhead", "dp_scaling", "straggler_gap", "throughput"}
-    assert set(sec["overhead"]) == {f"{q}_{lay}" for q in ("generate", "startup", "wall") for lay in ("1x1", "2x1")}
+    assert set(sec["overhead"]) == {f"{q}_{lay}" for q in ("generate", "dispatch", "scoring", "startup", "wall")
+                                    for lay in ("1x1", "2x1")}
     assert set(sec["dp_scaling"]) == {f"{q}_{k}" for q in ("generate_efficiency", "end_to_end_speedup", "startup_ratio")
                                       for k in ("evaluator", "bare")}
     assert set(sec["straggler_gap"]) == {"contiguous"}
@@ -106,3 +107,30 @@ def test_startup_candidates(tiny_model, gsm8k_parquet, tmp_path):
     # the driver waits for the actor and then for its engine: never less than the engine's own start
     assert report["startup_s"]["replica, driver's view"]["median"] >= report["startup_s"]["replica"]["median"]
     assert "÷ bare" in r.stdout
+
+
+def test_overhead_arithmetic_on_known_numbers():
+    """The overhead ratios within one repeat, median over repeats; merge/score/store is taken out
+    of the evaluator's generate time for the dispatch ratio and reported in seconds."""
+    from evaluator.bench.measure import Measurement
+    from evaluator.bench.ratios import sections
+
+    def bare(rep, lay, gen, start):
+        return Measurement(rep, "bare", lay, "contiguous", start, gen, gen + start, 100,
+                           engine={"completion_tokens": 100, "span_s": gen, "source": "test"})
+
+    def ev(rep, lay, dispatch, mss, start):
+        return Measurement(rep, "evaluator", lay, "contiguous", start, dispatch + mss, dispatch + mss + start, 100,
+                           output_tokens_per_s=100 / dispatch, straggler_gap=0.0,
+                           phases={"dispatch_to_last_chunk_s": dispatch, "merge_score_store_s": mss})
+    ms = []
+    for rep, (b1, d1, m1) in enumerate([(10.0, 10.0, 1.0), (10.0, 10.2, 0.5), (20.0, 19.0, 3.0)], start=1):
+        ms += [bare(rep, "1x1", b1, 40.0), ev(rep, "1x1", d1, m1, 42.0),
+               bare(rep, "2x1", b1 / 2, 40.0), ev(rep, "2x1", d1 / 2, m1, 44.0)]
+    over = sections(ms, 2, ["contiguous"])["overhead"]
+    assert over["generate_1x1"]["values"] == pytest.approx([1.1, 1.07, 1.1])
+    assert over["generate_1x1"]["median"] == pytest.approx(1.1) and not over["generate_1x1"]["meets_goal"]
+    assert over["dispatch_1x1"]["values"] == pytest.approx([1.0, 1.02, 0.95])
+    assert over["dispatch_1x1"]["median"] == pytest.approx(1.0) and over["dispatch_1x1"]["meets_goal"]
+    assert over["scoring_2x1"]["values"] == pytest.approx([1.0, 0.5, 3.0]) and over["scoring_2x1"]["median"] == 1.0
+    assert over["startup_2x1"]["median"] == pytest.approx(1.1) and not over["startup_2x1"]["meets_goal"]

@@ -3,13 +3,17 @@ same process order, same devices), then median and min-max over repeats; printed
 plain lines, and kept in bench.json.
 
 Sections:
-  overhead      evaluator / bare, per layout: generate (goal <= 1.02), start-up (goal <= 1.05), wall
+  overhead      evaluator / bare, per layout: generate (goal <= 1.02), the same without the
+                evaluator's own merge/score/store (its dispatch to last chunk: what Ray and the
+                driver add to the engine's time), start-up (goal <= 1.05), wall; and the seconds of
+                merge/score/store, which the bare engine does not do, so users can subtract them
   dp_scaling    1x1 generate / (Nx1 generate x N) (1.0 = ideal); end-to-end speedup; start-up
                 ratio Nx1 vs 1x1 (goal <= 1.15)
   straggler_gap (slowest - fastest) / slowest replica, per sharding mode, from evaluator runs
   throughput    the engine's own output tokens/s next to the evaluator's
 
     python -m evaluator.bench --engine vllm --model models/tiny --data data/gsm8k_test.parquet --gpus 2
+    python -m evaluator.bench.ratios results/bench/ID/bench.json     # a report again, ratios recomputed
 """
 from __future__ import annotations
 
@@ -51,6 +55,9 @@ def sections(ms: list[Measurement], dp: int, shardings: list[str]) -> dict[str, 
         bare, ev = f"bare {lay}", f"evaluator {lay} contiguous"
         out["overhead"][f"generate_{lay}"] = stat(per(lambda g: g(ev).generate_s / g(bare).generate_s),
                                                   GOALS["overhead_generate"])
+        out["overhead"][f"dispatch_{lay}"] = stat(
+            per(lambda g: g(ev).phases["dispatch_to_last_chunk_s"] / g(bare).generate_s), GOALS["overhead_generate"])
+        out["overhead"][f"scoring_{lay}"] = stat(per(lambda g: g(ev).phases["merge_score_store_s"]))
         out["overhead"][f"startup_{lay}"] = stat(per(lambda g: g(ev).startup_s / g(bare).startup_s),
                                                  GOALS["overhead_startup"])
         out["overhead"][f"wall_{lay}"] = stat(per(lambda g: g(ev).wall_s / g(bare).wall_s))
@@ -87,7 +94,12 @@ def lines_of(report: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], str
     rows = []
     for key, s in sec["overhead"].items():
         what, lay = key.split("_", 1)
-        rows.append(("overhead", f"evaluator / bare {what} {lay}", s, "×"))
+        if what == "dispatch":
+            rows.append(("overhead", f"evaluator / bare generate {lay}, merge/score/store left out", s, "×"))
+        elif what == "scoring":
+            rows.append(("overhead", f"evaluator merge/score/store {lay} (seconds, in generate)", s, "s"))
+        else:
+            rows.append(("overhead", f"evaluator / bare {what} {lay}", s, "×"))
     d = sec["dp_scaling"]
     for kind in ("evaluator", "bare"):
         rows.append(("dp_scaling", f"{kind} generate 1x1 / ({multi} × {dp}) (1 = ideal)", d[f"generate_efficiency_{kind}"], "×"))
@@ -148,3 +160,21 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_finite(v) for v in obj]
     return obj
+
+
+def recompute(report: dict[str, Any]) -> dict[str, Any]:
+    """The sections again from a bench.json's measurements, with this version's arithmetic."""
+    import dataclasses
+    names = {f.name for f in dataclasses.fields(Measurement)}
+    ms = [Measurement(**{k: v for k, v in m.items() if k in names}) for m in report["measurements"]]
+    return {**report, "sections": sections(ms, report["config"]["dp"], report["config"]["shardings"])}
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_file():
+        print("usage: python -m evaluator.bench.ratios BENCH_JSON   (prints its report again, ratios recomputed)",
+              file=sys.stderr)
+        sys.exit(2)
+    print_report(recompute(json.loads(Path(sys.argv[1]).read_text())), Path(sys.argv[1]), Console(width=140))
