@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,21 @@ def confine_to_devices(spec: EngineSpec) -> None:
 
 class EngineHostDied(RuntimeError):
     """The child process ended without answering (killed, or crashed hard)."""
+
+
+# "(EngineCore pid=7) ERROR 12-01 00:05:08 [core.py:1510] ValueError: To serve ..." -> the error itself
+_LOG_PREFIX = re.compile(r"^(?:\(\w+ pid=\d+\)\s*)?(?:[A-Z]+ \d\d-\d\d [\d:]+ \[[^\]]*\]\s*)?")
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception): \S")
+
+
+def root_cause(log_lines: list[str]) -> str | None:
+    """The last "SomethingError: message" line an engine's processes wrote to stderr (vLLM's
+    "Engine core initialization failed. See root cause above" points there), without log prefixes."""
+    for line in reversed(log_lines):
+        text = _LOG_PREFIX.sub("", line.strip())
+        if _ERROR_LINE.match(text) and "See root cause above" not in text:
+            return text
+    return None
 
 
 def compile_state(before: set[str], after: set[str]) -> str:
@@ -65,7 +83,12 @@ class EngineHost:
         r_parent, w_child = os.pipe()
         r_child, w_parent = os.pipe()
         self.proc = subprocess.Popen([sys.executable, "-m", "launchers.engine_host", str(r_child), str(w_child)],
-                                     pass_fds=(r_child, w_child), env=full, stdin=subprocess.DEVNULL)
+                                     pass_fds=(r_child, w_child), env=full, stdin=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        # the engine's stderr (its processes' too) still goes where ours goes; its tail is kept so
+        # a failed start can name the root cause even when nobody streams the engine's log
+        self.log_tail: deque[str] = deque(maxlen=400)
+        threading.Thread(target=self._pump_stderr, daemon=True).start()
         os.close(r_child)
         os.close(w_child)
         self.conn_in, self.conn_out = Connection(r_parent, writable=False), Connection(w_parent, readable=False)
@@ -82,9 +105,35 @@ class EngineHost:
             raise value
         return value
 
+    def _pump_stderr(self) -> None:
+        out = getattr(sys.stderr, "buffer", None)
+        for raw in iter(self.proc.stderr.readline, b""):
+            self.log_tail.append(raw.decode("utf-8", "replace"))
+            try:
+                if out is not None:
+                    out.write(raw)
+                    out.flush()
+                else:
+                    sys.stderr.write(raw.decode("utf-8", "replace"))
+            except (OSError, ValueError):
+                pass
+
     def start(self) -> dict[str, Any]:
-        """Build the engine: {"startup_s", "compile"} as the child measured them."""
-        return self._call("build", self.engine, self.spec)
+        """Build the engine: {"startup_s", "compile"} as the child measured them. A failure names
+        the root cause from the engine's log when the exception itself does not."""
+        try:
+            return self._call("build", self.engine, self.spec)
+        except Exception as e:
+            time.sleep(0.5)                 # the engine's last lines may still be in the pipe
+            cause = root_cause(list(self.log_tail))
+            if cause is None or cause in str(e):
+                raise
+            message = f"{cause} (from the engine's log; {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
+            try:
+                better = type(e)(message)
+            except Exception:
+                better = RuntimeError(message)
+            raise better from e
 
     def generate(self, prompts, params, seeds=None):
         return self._call("generate", prompts, params, seeds)

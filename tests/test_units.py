@@ -190,3 +190,19 @@ def test_a_missing_real_part_fails_under_make_test(monkeypatch):
     monkeypatch.delenv("REQUIRE_REAL_PARTS")
     with pytest.raises(pytest.skip.Exception):
         skip_or_fail("no slurmd here")
+
+
+def test_engine_root_cause_from_its_log():
+    """A failed engine start names the error its processes logged (vLLM says only "See root cause
+    above", which nobody sees when the engine's log is not streamed)."""
+    from launchers.engine_host import root_cause
+    log = ["(EngineCore pid=4945) ERROR 12-01 00:05:08 [core.py:1510] Traceback (most recent call last):",
+           "(EngineCore pid=4945) ERROR 12-01 00:05:08 [core.py:1510]     raise ValueError(",
+           "(EngineCore pid=4945) ERROR 12-01 00:05:08 [core.py:1510] ValueError: To serve at least one request "
+           "with the model's max seq len (32768), (0.75 GiB KV cache is needed",
+           "Traceback (most recent call last):",
+           "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}"]
+    assert root_cause(log) == ("ValueError: To serve at least one request with the model's max seq len (32768), "
+                               "(0.75 GiB KV cache is needed")
+    assert root_cause(["torch.OutOfMemoryError: CUDA out of memory"]) == "torch.OutOfMemoryError: CUDA out of memory"
+    assert root_cause(["INFO 12-01 00:05:08 [core.py:1] all good", "    raise ValueError("]) is None
