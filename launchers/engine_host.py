@@ -125,10 +125,10 @@ class EngineHost:
             return self._call("build", self.engine, self.spec)
         except Exception as e:
             time.sleep(0.5)                 # the engine's last lines may still be in the pipe
-            cause = root_cause(list(self.log_tail))
-            if cause is None or cause in str(e):
+            cause, said = root_cause(list(self.log_tail)), str(e).strip()
+            if cause is None or cause in said:
                 raise
-            message = f"{cause} (from the engine's log; {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
+            message = f"{cause} (from the engine's log; {said.splitlines()[0] if said else type(e).__name__})"
             try:
                 better = type(e)(message)
             except Exception:
