@@ -15,38 +15,18 @@ from pathlib import Path
 
 from evaluator.errors import UsageError
 from evaluator.hosts import cpu_device_count, gpu_count, gpus, gpus_without_p2p
-from evaluator.layout import LayoutError, resolve, weight_bytes
+from evaluator.layout import LayoutError, resolve
+from evaluator.memory import check_fits
+from evaluator.modelinfo import context_length, model_config, weight_bytes
 from evaluator.records import Prompt, RunConfig
 from evaluator.sharding import SHARDING_MODES
-from launchers.engines.base import EngineNotAvailable, check_installed, native_dp_workloads
+from launchers.engines.base import (EngineNotAvailable, cannot, check_installed, layout_kwarg_problem, loads_problem,
+                                    native_dp_workloads)
 
 
 def _at_least(name: str, value, minimum=1) -> None:
     if value is not None and value < minimum:
         raise UsageError(f"{name} must be at least {minimum} (got {value})")
-
-
-def model_config(model: str) -> dict | None:
-    """The model's config.json (text part for multimodal configs); hub ids through transformers."""
-    path = Path(model)
-    if path.is_dir():
-        cfg_file = path / "config.json"
-        if not cfg_file.is_file():
-            raise UsageError(f"--model {model} is a folder without config.json: not a model")
-        try:
-            cfg = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as e:
-            raise UsageError(f"--model {model}: config.json is not valid JSON ({e})") from None
-        return cfg.get("text_config", cfg)
-    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
-        raise UsageError(f"--model {model}: no such model folder (and not a hub id like Qwen/Qwen2.5-7B-Instruct)")
-    try:
-        from transformers import AutoConfig
-        cfg = AutoConfig.from_pretrained(model)
-    except (OSError, ValueError) as e:  # offline, unknown repo, gated: all mean we cannot check it
-        raise UsageError(f"--model {model}: cannot read its config from the hub or cache ({type(e).__name__}); "
-                         f"pass a local folder") from None
-    return getattr(cfg, "text_config", cfg).to_dict()
 
 
 def check_sampling(cfg: RunConfig) -> None:
@@ -71,7 +51,7 @@ def check_serve(cfg: RunConfig) -> None:
     sv = cfg.serve
     if sv is None:
         raise UsageError("--workload serve needs load levels (--concurrency or --request-rate)")
-    if not sv.levels:
+    if not sv.levels and not sv.capacity:
         raise UsageError("give at least one load level (--concurrency 1,4 or --request-rate 2,inf)")
     for v in sv.levels:
         if sv.level_kind == "concurrency" and (v != int(v) or v < 1 or math.isinf(v)):
@@ -88,6 +68,29 @@ def check_serve(cfg: RunConfig) -> None:
                     ("--request-timeout", sv.request_timeout_s)):
         if v is not None and not v > 0:
             raise UsageError(f"{name} must be positive (got {v:g})")
+    if sv.capacity:
+        if sv.slo_ttft_ms is None and sv.slo_tpot_ms is None:
+            raise UsageError("--capacity needs an SLO to hold: --slo-ttft-ms and/or --slo-tpot-ms")
+        if not (sv.capacity_start > 0 and math.isfinite(sv.capacity_start)):
+            raise UsageError(f"--capacity-start must be a positive request rate (got {sv.capacity_start:g})")
+        if sv.capacity_levels < 2:
+            raise UsageError(f"--capacity-levels must be at least 2 (got {sv.capacity_levels})")
+        if not sv.capacity_tolerance > 0:
+            raise UsageError(f"--capacity-tolerance must be positive (got {sv.capacity_tolerance:g})")
+    if not 0 < sv.slo_percentile <= 100:
+        raise UsageError(f"--slo-percentile must be in (0, 100] (got {sv.slo_percentile:g})")
+    if sv.max_concurrency is not None and sv.max_concurrency < 1:
+        raise UsageError(f"--max-concurrency must be at least 1 (got {sv.max_concurrency})")
+    if not sv.health_interval_s >= 0:
+        raise UsageError(f"--health-interval must be 0 (off) or positive (got {sv.health_interval_s:g})")
+    for v in (sv.levels if sv.level_kind == "replay" else ()):
+        if not (v > 0 and math.isfinite(v)):
+            raise UsageError(f"--replay speeds must be positive numbers (got {v:g})")
+    if sv.traffic != "gsm8k" and not sv.traffic.startswith("synthetic:") and not Path(sv.traffic).is_file():
+        raise UsageError(f"--traffic {sv.traffic}: no such file (give gsm8k, a .jsonl or ShareGPT .json file, or "
+                         f"synthetic:in=...,out=...)")
+    if sv.level_kind == "replay" and sv.traffic == "gsm8k":
+        raise UsageError("--replay replays a traffic file's timestamps: give --traffic FILE.jsonl with timestamps")
     if cfg.sampling.n != 1:
         raise UsageError("--n > 1 is for offline runs; a serving run sends one request per answer")
     if cfg.sharding != "contiguous" or cfg.chunk_size:
@@ -101,6 +104,9 @@ def check_config(cfg: RunConfig) -> None:
         check_installed(cfg.engine)
     except EngineNotAvailable as e:
         raise UsageError(str(e)) from None
+    why = cannot(cfg.engine, cfg.workload, cfg.tp, cfg.device)
+    if why:
+        raise UsageError(why)
     try:
         layout = resolve(cfg.mode, cfg.gpus, cfg.dp if cfg.mode == "hybrid" else None,
                          cfg.tp if cfg.mode == "hybrid" else None)
@@ -132,17 +138,27 @@ def check_config(cfg: RunConfig) -> None:
         raise UsageError(f"--cpu-memory-fraction must be in (0, 0.95] (got {cfg.cpu_memory_fraction})")
     if not isinstance(cfg.engine_kwargs, dict):
         raise UsageError("--engine-kwargs must be a JSON object, e.g. '{\"enforce_eager\": true}'")
+    why = layout_kwarg_problem(cfg.engine, cfg.engine_kwargs)
+    if why:
+        raise UsageError(why)
     check_sampling(cfg)
     if cfg.workload == "serve":
         check_serve(cfg)
     elif cfg.workload != "offline":
         raise UsageError(f"--workload {cfg.workload!r}: choose offline or serve")
-    model = model_config(cfg.model) or {}
+    if cfg.tokenizer is None and Path(cfg.model).is_file():
+        raise UsageError(f"--model {cfg.model} is a checkpoint file: give --tokenizer, the folder of the model it was "
+                         f"made from (config and tokenizer)")
+    why = loads_problem(cfg.engine, cfg.model, cfg.device)
+    if why:
+        raise UsageError(why)
+    model = model_config(cfg.model_folder) or {}
     heads = model.get("num_attention_heads")
     if heads and heads % layout.tp:
         raise UsageError(f"tp={layout.tp} does not divide the model's {heads} attention heads")
     if cfg.device == "cuda":
         check_gpu_fit(cfg.model, layout.tp)
+    check_fits(cfg)
 
 
 def check_gpu_fit(model: str, tp: int) -> None:
@@ -176,13 +192,6 @@ def check_run_dir(output_dir: str, run_id: str) -> Path:
     if path.exists() and any(path.iterdir()):
         raise UsageError(f"{path} already exists; use --resume {path} or another --run-id")
     return path
-
-
-def context_length(cfg: RunConfig) -> int | None:
-    """The engine's context: --max-model-len, else the model's own (max_position_embeddings)."""
-    if cfg.max_model_len:
-        return cfg.max_model_len
-    return (model_config(cfg.model) or {}).get("max_position_embeddings")
 
 
 def check_lengths(prompts: list[Prompt], cfg: RunConfig) -> None:

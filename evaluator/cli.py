@@ -32,6 +32,19 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+class RaisingParser(Parser):
+    """The same flags for a caller that parses them as data (the comparison's flags after --):
+    a usage error raises UsageError instead of exiting."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def parse_flags(argv: list[str]) -> argparse.Namespace:
+    """The evaluator's flags as a Namespace, UsageError for a bad one (nothing is printed)."""
+    return build_parser(RaisingParser).parse_args(argv)
+
+
 def levels(text: str) -> tuple[float, ...]:
     """'1,4,16' -> (1.0, 4.0, 16.0); 'inf' allowed (all requests at once)."""
     try:
@@ -40,8 +53,8 @@ def levels(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = Parser(
+def build_parser(parser_class: type[argparse.ArgumentParser] = Parser) -> argparse.ArgumentParser:
+    p = parser_class(
         prog="python -m evaluator",
         description="Evaluate one serving layout (dp replicas x tp devices each) of vLLM or SGLang on GSM8K. "
                     "offline: one batch, start-up and generate time, throughput, strict/flexible accuracy. "
@@ -76,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default="models/qwen2.5-coder-0.5b-instruct",
                    help="local model folder or hub id (made offline by: python -m datasets_prep model "
                         "qwen2.5-coder-0.5b-instruct)")
+    d.add_argument("--tokenizer", metavar="DIR",
+                   help="with a checkpoint file as --model (a GGUF): the folder of the model it was made from, for "
+                        "its config and tokenizer")
+    d.add_argument("--base-model", metavar="DIR",
+                   help="the model --model is a quantised checkpoint of: its answers are paired with that model's "
+                        "(McNemar), as evaluator.compare --quantized does")
     d.add_argument("--data", default="data/gsm8k_test.parquet", help="parquet made by python -m datasets_prep gsm8k")
     d.add_argument("--limit", type=int, help="first N prompts only (default: all)")
     s = p.add_argument_group("sampling")
@@ -103,10 +122,39 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--slo-ttft-ms", type=float, help="serve: time-to-first-token goal; goodput counts requests meeting it")
     w.add_argument("--slo-tpot-ms", type=float, help="serve: time-per-output-token goal")
     w.add_argument("--request-timeout", type=float, default=600.0, metavar="S", help="serve: seconds one request may take")
+    w.add_argument("--traffic", default="gsm8k", metavar="SPEC",
+                   help="serve: the load. gsm8k (the --data prompts, scored); FILE.jsonl (your requests: messages "
+                        "or prompt, optional output_tokens, timestamp, session); FILE.json (ShareGPT); "
+                        "synthetic:in=DIST,out=DIST[,n=N,prefix=TOKENS,prefixes=K,seed=S] with DIST a number, "
+                        "uniform(a,b), normal(mean,sd) or lognormal(median,sigma), optionally [lo:hi]. Accuracy "
+                        "always comes from GSM8K: other traffic is not scored (run the offline workload beside it)")
+    w.add_argument("--replay", type=levels, metavar="S,S,...",
+                   help="serve: levels that replay the traffic's own timestamps at these speeds (1 = as "
+                        "recorded, 2 = twice as fast)")
+    w.add_argument("--capacity", action="store_true",
+                   help="serve: find the highest request rate (Poisson arrivals) at which the --slo-percentile "
+                        "of TTFT and TPOT meets --slo-ttft-ms / --slo-tpot-ms: bracket, then bisect; each probe "
+                        "is a level (the unit of resume)")
+    w.add_argument("--capacity-start", type=float, default=1.0, metavar="R", help="serve: the search's first rate, req/s")
+    w.add_argument("--capacity-levels", type=int, default=8, metavar="N", help="serve: at most N probes")
+    w.add_argument("--capacity-tolerance", type=float, default=0.1, metavar="F",
+                   help="serve: stop once the bracket's top / bottom is at most 1 + F")
+    w.add_argument("--slo-percentile", type=float, default=90.0, metavar="Q",
+                   help="serve: capacity: the percentile of TTFT and TPOT (failed requests count as late) that "
+                        "must meet the SLOs")
+    w.add_argument("--max-concurrency", type=int, metavar="N",
+                   help="serve: rate and replay levels: at most N requests in flight (default: no cap)")
+    w.add_argument("--health-interval", type=float, default=5.0, metavar="S",
+                   help="serve: how often the client asks busy servers' /health; a server that fails twice "
+                        "running (hung) is marked dead and its requests go to the others")
     e = p.add_argument_group("engine and run")
     e.add_argument("--engine-kwargs", default="{}", metavar="JSON",
                    help="extra engine arguments in the engine's own names, e.g. '{\"enforce_eager\": true}' "
                         "(serve: turned into the server's flags, --enforce-eager)")
+    e.add_argument("--deterministic", action="store_true",
+                   help="turn on the engine's own reproducibility mode (vLLM VLLM_BATCH_INVARIANT=1, SGLang "
+                        "--enable-deterministic-inference): answers no longer depend on the batch they were in, "
+                        "at a cost in speed; part of the speed key")
     e.add_argument("--sharding", choices=SHARDING_MODES, default="contiguous",
                    help="contiguous = equal counts; balanced = equal prompt tokens; dynamic = shared queue of chunks")
     e.add_argument("--chunk-size", type=int, help="prompts per generate call (default: a replica's whole shard; "
@@ -127,6 +175,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def serving_dests(parser: argparse.ArgumentParser | None = None) -> set[str]:
+    """The flags of the "workload" group that only a serving run reads (--concurrency, the SLOs,
+    the traffic...): the group is the definition, so a flag added there is covered."""
+    parser = parser or build_parser()
+    group = next(g for g in parser._action_groups if g.title == "workload")
+    return {a.dest for a in group._group_actions} - {"workload"}
+
+
+def typed_serving_flags(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> list[str]:
+    """The serving-only flags whose values differ from their defaults, as --flag-names."""
+    parser = parser or build_parser()
+    return sorted("--" + d.replace("_", "-") for d in serving_dests(parser) if getattr(args, d) != parser.get_default(d))
+
+
+def for_workload(args: argparse.Namespace, workload: str, parser: argparse.ArgumentParser | None = None,
+                 **layout) -> argparse.Namespace:
+    """A copy of a comparison's evaluator flags for one run: its workload and layout set, and, for
+    an offline run of a comparison that also serves, the serving-only flags back at their defaults
+    (they are the serving runs' flags: an offline run would refuse them)."""
+    parser = parser or build_parser()
+    out = argparse.Namespace(**vars(args))
+    if workload != "serve":
+        for dest in serving_dests(parser):
+            setattr(out, dest, parser.get_default(dest))
+    out.workload = workload
+    for key, value in layout.items():
+        setattr(out, key, value)
+    return out
+
+
 def split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
     """(own flags, the evaluator flags after `--`) of a command that runs evaluator runs."""
     argv = list(argv)
@@ -144,17 +222,30 @@ def explicit_flags(argv: list[str] | None) -> set[str]:
     return set(vars(bare.parse_args(argv)))
 
 
-def serve_config(args: argparse.Namespace) -> ServeConfig | None:
+def serve_config(args: argparse.Namespace, traffic: str = "gsm8k") -> ServeConfig | None:
     if args.workload != "serve":
-        if args.concurrency or args.request_rate or args.slo_ttft_ms or args.slo_tpot_ms or args.level_prompts != "all":
-            raise UsageError("--concurrency, --request-rate, --level-prompts and --slo-* are for --workload serve")
+        typed = typed_serving_flags(args)
+        if typed:
+            raise UsageError(f"{', '.join(typed)} {'is' if len(typed) == 1 else 'are'} for --workload serve")
         return None
-    if args.concurrency and args.request_rate:
-        raise UsageError("give --concurrency or --request-rate, not both")
-    kind, values = ("rate", args.request_rate) if args.request_rate else ("concurrency", args.concurrency or (1, 4, 16, 64))
+    given = [name for name, v in (("--concurrency", args.concurrency), ("--request-rate", args.request_rate),
+                                  ("--replay", args.replay), ("--capacity", args.capacity)) if v]
+    if len(given) > 1:
+        raise UsageError(f"give one of --concurrency, --request-rate, --replay and --capacity, not {' and '.join(given)}")
+    if args.capacity:
+        kind, values = "rate", ()
+    elif args.replay:
+        kind, values = "replay", args.replay
+    elif args.request_rate:
+        kind, values = "rate", args.request_rate
+    else:
+        kind, values = "concurrency", args.concurrency or (1, 4, 16, 64)
     return ServeConfig(level_kind=kind, levels=tuple(values), level_prompts=args.level_prompts,
                        slo_ttft_ms=args.slo_ttft_ms, slo_tpot_ms=args.slo_tpot_ms,
-                       request_timeout_s=args.request_timeout)
+                       request_timeout_s=args.request_timeout, traffic=traffic, capacity=args.capacity,
+                       capacity_start=args.capacity_start, capacity_levels=args.capacity_levels,
+                       capacity_tolerance=args.capacity_tolerance, slo_percentile=args.slo_percentile,
+                       max_concurrency=args.max_concurrency, health_interval_s=args.health_interval)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -171,7 +262,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         raise UsageError("--engine-kwargs must be a JSON object, e.g. '{\"enforce_eager\": true}'")
     if args.cpu_memory_fraction is not None and not math.isfinite(args.cpu_memory_fraction):
         raise UsageError(f"--cpu-memory-fraction must be a number (got {args.cpu_memory_fraction})")
-    model = str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model
+    model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+    tokenizer = str(Path(args.tokenizer).resolve()) if args.tokenizer else None
+    base_model = str(Path(args.base_model).resolve()) if args.base_model and Path(args.base_model).exists() \
+        else args.base_model
+    traffic = args.traffic
+    if traffic not in ("gsm8k",) and not traffic.startswith("synthetic:"):
+        traffic = str(Path(traffic).resolve())      # a file: the run names it wherever it is resumed from
     cfg = RunConfig(
         engine=args.engine, mode=args.mode, gpus=args.gpus, dp=layout.dp, tp=layout.tp, model=model,
         data=str(Path(args.data).resolve()), device=detect_device(args.device),
@@ -183,7 +280,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         sharding=args.sharding, chunk_size=args.chunk_size, dp_backend=args.dp_backend,
         on_replica_failure=args.on_replica_failure, replica_timeout_s=args.replica_timeout,
         ray_address=args.ray_address, engine_logs=args.engine_logs, workload=args.workload,
-        serve=serve_config(args))
+        serve=serve_config(args, traffic), deterministic=args.deterministic, tokenizer=tokenizer,
+        base_model=base_model)
     check_config(cfg)
     return cfg
 

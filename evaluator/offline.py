@@ -92,6 +92,12 @@ class OfflineDriver:
         for rec in records:
             self.results.setdefault(rank, {})[rec["index"]] = rec
         w = self.work[rank]
+        # the replica's window from its own chunk clocks, kept by the driver as each chunk lands: a
+        # replica that dies later still has the window of the chunks it finished (asking the actor at
+        # the end would leave it empty and read as a 100% straggler gap)
+        w.window = {"first_start": min(w.window.get("first_start", out["start"]), out["start"]),
+                    "last_end": max(w.window.get("last_end", out["end"]), out["end"]),
+                    "busy_s": w.window.get("busy_s", 0.0) + out["end"] - out["start"]}
         w.done_prompts += len(records)
         w.chunks += 1
         w.prompt_tokens += sum(c.prompt_tokens for c in completions)
@@ -142,12 +148,7 @@ class OfflineDriver:
                     if any(now - sent > timeout_s for _, sent in self.work[m.rank].inflight.values()):
                         self._fail(m.rank, f"a chunk exceeded --replica-timeout {timeout_s:g} s")
 
-    def collect_windows(self) -> None:
-        import ray
-        for m in self.pool.alive():
-            self.work[m.rank].window = ray.get(m.actor.window.remote())
-
-    def timings(self) -> list[ReplicaTiming]:
+    def timings(self, memory: dict[int, float] | None = None) -> list[ReplicaTiming]:
         windows = [w.window for w in self.work.values()]
         last_end = max((x.get("last_end") or 0 for x in windows), default=0)
         out = []
@@ -159,7 +160,9 @@ class OfflineDriver:
                 generate_s=(win["last_end"] - win["first_start"]) if win.get("first_start") else 0.0,
                 prompts=w.done_prompts, prompt_tokens=w.prompt_tokens, completion_tokens=w.completion_tokens,
                 idle_after_finish_s=(last_end - win["last_end"]) if win.get("last_end") else 0.0,
-                chunks=w.chunks, failed=m.failed, compile=m.info.get("compile", "unknown")))
+                chunks=w.chunks, failed=m.failed, compile=m.info.get("compile", "unknown"),
+                kv_cache_tokens=m.info.get("kv_cache_tokens"), max_concurrency=m.info.get("max_concurrency"),
+                weights_gib=m.info.get("weights_gib"), peak_memory_gib=(memory or {}).get(m.rank)))
         return out
 
 
@@ -183,13 +186,14 @@ def execute(cfg: RunConfig, run_id: str, run_dir: RunDir, prompts: list[Prompt],
         if missing:
             chunks.append(Chunk(c.chunk_id, c.owner, missing))
     driver = OfflineDriver(cfg, run_dir, attempt, listener, actor_cls or Replica)
-    with sigterm_raises():
+    memory: dict[int, float] = {}
+    with sigterm_raises(), run_dir.heartbeat(attempt):
         try:
             if chunks:
                 driver.start()
                 run_dir.note_attempt(attempt, startup_s=max((m.startup_s for m in driver.pool.members), default=0.0))
                 driver.generate(chunks)
-                driver.collect_windows()
+                memory = driver.pool.peak_memory()
         finally:
             driver.pool.close()
     listener(EnginesClosed())
@@ -202,7 +206,7 @@ def execute(cfg: RunConfig, run_id: str, run_dir: RunDir, prompts: list[Prompt],
     samples = score_samples(rows, {p.index: p.gold for p in prompts})
     wall_s = time.perf_counter() - t0
     run_dir.note_attempt(attempt, finished=True, wall_s=wall_s)
-    summary = summarize(run_id, cfg, samples, driver.timings(), wall_s, started_at, driver.pool.failures,
+    summary = summarize(run_id, cfg, samples, driver.timings(memory), wall_s, started_at, driver.pool.failures,
                         driver.rerun_prompts, len(done), host, attempts_of(run_dir))
     run_dir.write_samples(samples)
     run_dir.write_summary(summary)

@@ -36,7 +36,7 @@ def engine_spec(cfg: RunConfig) -> EngineSpec:
         fraction = round(cfg.cpu_memory_fraction / (cfg.dp * cfg.tp), 4)
     return EngineSpec(model=cfg.model, tp=cfg.tp, device=cfg.device, seed=cfg.sampling.seed,
                       max_model_len=cfg.max_model_len, native_dp=native_dp, cpu_memory_fraction=fraction,
-                      engine_kwargs=dict(cfg.engine_kwargs))
+                      engine_kwargs=dict(cfg.engine_kwargs), deterministic=cfg.deterministic, tokenizer=cfg.tokenizer)
 
 
 def actor_env(cfg: RunConfig, rank: int) -> dict[str, str]:
@@ -111,15 +111,18 @@ class ReplicaPool:
         self.started_ray = False
 
     def _init_ray(self) -> None:
+        ray_auth_default(self.cfg)
         import ray
         if ray.is_initialized():
             return
         logs = self.cfg.engine_logs
         if self.cfg.ray_address:
             ray.init(address=self.cfg.ray_address, log_to_driver=logs)
+            self.started_ray = True
+            return
         # address="local": a Ray of our own even where a `ray start` cluster runs on this machine
         # (plain ray.init() would join it, and refuse the CPU count)
-        elif self.cfg.device == "cpu":
+        if self.cfg.device == "cpu":
             ray.init(address="local", num_cpus=len(usable_cpus()), num_gpus=0, include_dashboard=False,
                      log_to_driver=logs)
         else:
@@ -146,6 +149,7 @@ class ReplicaPool:
         from the start. Raises RunFailed when none started, and UsageError at once when the
         engine refused its settings (they are the same for every replica) or the cluster cannot
         place the replicas."""
+        ray_auth_default(self.cfg)
         import ray
         self._init_ray()
         self.check_placement()
@@ -178,6 +182,24 @@ class ReplicaPool:
             self.listener(ReplicaReady(m.rank, m.startup_s, m.info["devices"], m.info.get("compile", "unknown")))
         if not self.alive():
             raise RunFailed("no replica started: " + "; ".join(self.failures))
+
+    def peak_memory(self) -> dict[int, float]:
+        """rank -> GiB at each live replica's peak (its processes' device memory on GPUs, resident
+        memory on CPU hosts), asked before the replicas close."""
+        import ray
+        refs = {m.actor.peak_memory.remote(): m.rank for m in self.alive()}
+        if not refs:
+            return {}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=30)
+        out = {}
+        for ref in ready:
+            try:
+                value = ray.get(ref)
+            except Exception:
+                continue
+            if value is not None:
+                out[refs[ref]] = value
+        return out
 
     def alive(self) -> list[Member]:
         return [m for m in self.members if m.alive]
@@ -225,6 +247,16 @@ class ReplicaPool:
             kill_group(m.info)     # anything the engine left behind in the replica's group
         if self.started_ray:
             ray.shutdown()
+
+
+def ray_auth_default(cfg: RunConfig) -> None:
+    """A Ray of our own keeps Ray's token authentication (a Ray cluster runs whatever code it is
+    sent), asked for explicitly so Ray does not print its notice about that default on every run;
+    the user's RAY_AUTH_MODE wins, and a cluster we join (--ray-address) decides for itself. Set
+    before Ray is first imported: it reads the mode once, at import."""
+    import sys
+    if not cfg.ray_address and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def kill_group(info: dict) -> None:

@@ -7,7 +7,8 @@ and the run's summary (RunSummary). Units are in the names.
 
 Files carry schema_version. Reading is strict: an unknown field or a newer schema is an error
 (RecordError), never silently dropped; schema 1 (before attempts, intervals and serving) is
-read by filling what it did not record.
+read by filling what it did not record, schema 2 (before traffic, memory and capacity) by the
+fields' defaults.
 
     python -c "from evaluator.records import SCHEMA_VERSION; print(SCHEMA_VERSION)"
 """
@@ -17,7 +18,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class RecordError(ValueError):
@@ -54,13 +55,22 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """How a serving run loads its servers: one level per concurrency or request rate."""
-    level_kind: str = "concurrency"            # "concurrency" (closed loop) or "rate" (Poisson arrivals)
-    levels: tuple[float, ...] = (1, 4, 16, 64)  # requests in flight, or requests/s (inf = all at once)
-    level_prompts: str = "all"                  # "all", "N" (first N prompts) or "Nx" (N x the level's value)
+    """How a serving run loads its servers: one level per concurrency, request rate or replay
+    speed, or (capacity) the rates a search for the highest one within the SLOs picks."""
+    level_kind: str = "concurrency"            # "concurrency" (closed loop), "rate" (Poisson arrivals), "replay"
+    levels: tuple[float, ...] = (1, 4, 16, 64)  # requests in flight, requests/s (inf = all at once), replay speeds
+    level_prompts: str = "all"                  # "all", "N" (first N requests) or "Nx" (N x the level's value)
     slo_ttft_ms: float | None = None
     slo_tpot_ms: float | None = None
     request_timeout_s: float = 600.0
+    traffic: str = "gsm8k"                      # gsm8k | FILE.jsonl | FILE.json (ShareGPT) | synthetic:...
+    capacity: bool = False                      # search the highest rate within the SLOs (levels = the probes)
+    capacity_start: float = 1.0                 # the search's first rate, requests/s
+    capacity_levels: int = 8                    # at most this many probes
+    capacity_tolerance: float = 0.1             # stop once the bracket's top / bottom <= 1 + this
+    slo_percentile: float = 90.0                # capacity: this percentile of TTFT and TPOT must meet the SLOs
+    max_concurrency: int | None = None          # rate/replay levels: at most this many in flight
+    health_interval_s: float = 5.0              # how often the client asks busy servers' /health (hung servers)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ServeConfig":
@@ -95,10 +105,18 @@ class RunConfig:
     engine_logs: bool = False         # stream the engines' own logs (Ray workers) to stderr
     workload: str = "offline"         # "offline" (one batch) or "serve" (servers under load levels)
     serve: ServeConfig | None = None  # serving runs only
+    deterministic: bool = False       # the engine's batch-invariant / deterministic mode
+    tokenizer: str | None = None      # the folder with config and tokenizer when model is a checkpoint file (GGUF)
+    base_model: str | None = None     # the model this one is a quantised checkpoint of (answers paired with it)
 
     @property
     def layout(self) -> str:
         return f"{self.dp}x{self.tp}"
+
+    @property
+    def model_folder(self) -> str:
+        """Where the model's config.json and tokenizer are (the model itself, or --tokenizer)."""
+        return self.tokenizer or self.model
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -184,6 +202,11 @@ class ReplicaTiming:
     chunks: int = 0
     failed: str | None = None         # why it died, when it did
     compile: str = "unknown"          # cold (compiled at start-up) | warm (cache reused) | none | unknown
+    kv_cache_tokens: int | None = None       # as the engine reported it at start-up (all its devices)
+    max_concurrency: float | None = None     # sequences of the full context the KV cache holds (engine's figure)
+    weights_gib: float | None = None         # per device, as the engine reported loading them
+    peak_memory_gib: float | None = None     # the replica's processes at their peak: device memory (NVML) on
+    #                                          GPUs, resident memory on CPU hosts
 
 
 @dataclass(frozen=True)
@@ -194,7 +217,7 @@ class Attempt:
     startup_s: float
     generate_s: float
     completion_tokens: int
-    wall_s: float
+    wall_s: float                     # a killed attempt's: from its start to its last sign of life
     finished: bool                    # False: killed or failed; its finished chunks were kept
 
 
@@ -214,8 +237,8 @@ class RunSummary:
     output_tokens_per_s: float
     prompt_tokens: int
     completion_tokens: int
-    strict_accuracy: float
-    flexible_accuracy: float
+    strict_accuracy: float | None     # None: not measured (a serving run whose traffic is not GSM8K)
+    flexible_accuracy: float | None
     replicas: tuple[ReplicaTiming, ...]
     versions: dict[str, str]
     device_name: str
@@ -233,6 +256,9 @@ class RunSummary:
     attempts: tuple[Attempt, ...] = ()
     engine_env: dict[str, str] = field(default_factory=dict)   # variables the backend set
     levels: tuple[dict, ...] = ()     # serving runs: one LevelStats dict per load level
+    traffic: dict = field(default_factory=dict)      # serving runs: what the load was (name and shape)
+    capacity: dict | None = None      # serving runs with --capacity: the highest rate within the SLOs
+    memory: dict = field(default_factory=dict)       # predicted before the run (evaluator.memory)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -264,7 +290,7 @@ class RunSummary:
         d["attempts"] = tuple(Attempt(**_strict(Attempt, a, "attempt")) for a in d.get("attempts", ()))
         d["levels"] = tuple(d.get("levels", ()))
         for key in ("strict_ci", "flexible_ci"):
-            if key in d:
+            if key in d and d[key] is not None:
                 d[key] = tuple(d[key])
         if version == 1:
             # schema 1 timed every prompt in one attempt, except a resumed run, whose figures

@@ -14,16 +14,19 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
 from evaluator.records import RunConfig, RunSummary, Sample
 
 CONFIG, ATTEMPTS, REPLICAS, PARTIAL, REQUESTS = "config.json", "attempts.jsonl", "replicas.json", "partial.jsonl", "requests.jsonl"
-SAMPLES, SUMMARY, LOGS = "samples.jsonl", "summary.json", "logs"
+SAMPLES, SUMMARY, LOGS, HEARTBEAT = "samples.jsonl", "summary.json", "logs", ".heartbeat"
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -95,18 +98,56 @@ class RunDir:
 
     # -- attempts --------------------------------------------------------------------------
     def begin_attempt(self, started_at: str) -> int:
-        """Number the new attempt (1, 2, ...) and note when it began."""
-        k = max(self.read_attempts(), default=0) + 1
+        """Number the new attempt (1, 2, ...) and note when it began; an earlier attempt that died
+        without noting its end gets its last heartbeat noted first (how long it held the devices)."""
+        notes = self.read_attempts()
+        beat = self.path / HEARTBEAT
+        try:
+            last, seen = int(beat.read_text().strip() or 0), beat.stat().st_mtime
+        except (OSError, ValueError):
+            last, seen = 0, None
+        if seen is not None and last in notes and not notes[last].get("finished"):
+            append_lines(self.path / ATTEMPTS, [{"attempt": last, "t": seen, "last_seen": True}])
+        k = max(notes, default=0) + 1
         self.note_attempt(k, started_at=started_at)
         return k
 
+    @contextlib.contextmanager
+    def heartbeat(self, attempt: int, every_s: float = 2.0):
+        """While the block runs, a thread touches .heartbeat every few seconds: a killed attempt's
+        last sign of life, read by the next attempt (a SIGKILL leaves no other trace of its end)."""
+        beat = self.path / HEARTBEAT
+        beat.write_text(str(attempt))
+        stop = threading.Event()
+
+        def touch():
+            while not stop.wait(every_s):
+                try:
+                    os.utime(beat)
+                except OSError:
+                    pass
+        thread = threading.Thread(target=touch, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+
     def note_attempt(self, attempt: int, **fields: Any) -> None:
-        append_lines(self.path / ATTEMPTS, [{"attempt": attempt, **fields}])
+        """One line of the attempt's life, stamped (t: epoch seconds), so an attempt killed before
+        it could note its end still shows how long it held its devices."""
+        append_lines(self.path / ATTEMPTS, [{"attempt": attempt, "t": time.time(), **fields}])
 
     def read_attempts(self) -> dict[int, dict[str, Any]]:
+        """attempt -> its notes merged (later keys win), with first_t / last_t: its first and last stamp."""
         out: dict[int, dict[str, Any]] = {}
         for line in read_lines(self.path / ATTEMPTS):
-            out.setdefault(line["attempt"], {}).update(line)
+            note = out.setdefault(line["attempt"], {})
+            t = line.get("t")
+            note.update(line)
+            if t is not None:
+                note.setdefault("first_t", t)
+                note["last_t"] = t
         return out
 
     # -- offline chunks and serving requests -----------------------------------------------

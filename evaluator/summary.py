@@ -32,11 +32,22 @@ def attempts_of(run_dir: RunDir) -> tuple[Attempt, ...]:
             generate_s = sum(note["levels_done"].values())
         else:
             generate_s = (max(ends) - min(starts)) if starts and ends else 0.0
+        finished = bool(note.get("finished"))
         out.append(Attempt(started_at=note.get("started_at", ""), prompts=len(mine),
                            startup_s=note.get("startup_s", 0.0), generate_s=generate_s,
                            completion_tokens=sum(r["completion_tokens"] for r in mine),
-                           wall_s=note.get("wall_s", 0.0), finished=bool(note.get("finished"))))
+                           wall_s=note["wall_s"] if finished and "wall_s" in note else lived_s(note, ends),
+                           finished=finished))
     return tuple(out)
+
+
+def lived_s(note: dict, ends: list[float]) -> float:
+    """How long a killed attempt held its devices: from its first stamp to its last sign of life
+    (a note, or a chunk or request it finished); the devices were paid for all of it."""
+    first = note.get("first_t")
+    if first is None:
+        return note.get("wall_s", 0.0)
+    return max([note.get("last_t", first), *ends]) - first
 
 
 def _mean(values: list[bool]) -> float:
@@ -47,6 +58,7 @@ def summarize(run_id: str, cfg: RunConfig, samples: list[Sample], replicas: list
               wall_s: float, started_at: str, failures: list[str], rerun: int, resumed: int,
               host: HostFacts, attempts: tuple[Attempt, ...]) -> RunSummary:
     from launchers.engines.base import engine_env
+    from evaluator.memory import predict_for
     from evaluator.pool import engine_spec
     working = [r for r in replicas if r.prompts > 0]
     generate_s = max((r.generate_s for r in working), default=0.0)
@@ -70,4 +82,4 @@ def summarize(run_id: str, cfg: RunConfig, samples: list[Sample], replicas: list
         started_at=started_at, straggler_gap=(generate_s - fastest) / generate_s if generate_s else 0.0,
         failures=tuple(failures), rerun_prompts=rerun, resumed_prompts=resumed,
         timed_prompts=sum(r.prompts for r in replicas), timed_completion_tokens=timed_tokens,
-        attempts=attempts, engine_env=engine_env(cfg.engine, engine_spec(cfg)))
+        attempts=attempts, engine_env=engine_env(cfg.engine, engine_spec(cfg)), memory=predict_for(cfg))

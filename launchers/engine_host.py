@@ -23,7 +23,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from launchers.engines.base import EngineSpec, build, cache_dirs, files_under
+from launchers.engines.base import EngineSpec, StartFacts, build, cache_dirs, files_under, read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,6 +66,15 @@ def compile_state(before: set[str], after: set[str]) -> str:
     return "warm" if before else "none"
 
 
+def merge_start_facts(measured: dict[str, Any], facts: StartFacts) -> dict[str, Any]:
+    """A start's record: what we measured, with the engine's own word on its compile state where it
+    gave one, and its KV-cache and weights figures."""
+    out = {**measured, **{k: v for k, v in facts.to_dict().items() if k != "compile"}}
+    if facts.compile is not None:
+        out["compile"] = facts.compile
+    return out
+
+
 class EngineHost:
     """The parent's handle. Every call returns the child's answer or raises the child's exception
     (RequestRejected included), or EngineHostDied."""
@@ -84,11 +93,14 @@ class EngineHost:
         r_child, w_parent = os.pipe()
         self.proc = subprocess.Popen([sys.executable, "-m", "launchers.engine_host", str(r_child), str(w_child)],
                                      pass_fds=(r_child, w_child), env=full, stdin=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
-        # the engine's stderr (its processes' too) still goes where ours goes; its tail is kept so
-        # a failed start can name the root cause even when nobody streams the engine's log
-        self.log_tail: deque[str] = deque(maxlen=400)
-        threading.Thread(target=self._pump_stderr, daemon=True).start()
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # the engine's output (its processes' too) still goes where ours goes, stdout to stdout (vLLM
+        # logs there) and stderr to stderr; its tail is kept so the start can be read from the
+        # engine's own words (compile state, KV cache, a failed start's root cause) even when nobody
+        # streams the engine's log
+        self.log_tail: deque[str] = deque(maxlen=2000)
+        for pipe, dest in ((self.proc.stdout, sys.stdout), (self.proc.stderr, sys.stderr)):
+            threading.Thread(target=self._pump, args=(pipe, dest), daemon=True).start()
         os.close(r_child)
         os.close(w_child)
         self.conn_in, self.conn_out = Connection(r_parent, writable=False), Connection(w_parent, readable=False)
@@ -105,24 +117,29 @@ class EngineHost:
             raise value
         return value
 
-    def _pump_stderr(self) -> None:
-        out = getattr(sys.stderr, "buffer", None)
-        for raw in iter(self.proc.stderr.readline, b""):
+    def _pump(self, pipe, dest) -> None:
+        out = getattr(dest, "buffer", None)
+        for raw in iter(pipe.readline, b""):
             self.log_tail.append(raw.decode("utf-8", "replace"))
             try:
                 if out is not None:
                     out.write(raw)
                     out.flush()
                 else:
-                    sys.stderr.write(raw.decode("utf-8", "replace"))
+                    dest.write(raw.decode("utf-8", "replace"))
             except (OSError, ValueError):
                 pass
 
     def start(self) -> dict[str, Any]:
-        """Build the engine: {"startup_s", "compile"} as the child measured them. A failure names
-        the root cause from the engine's log when the exception itself does not."""
+        """Build the engine: {"startup_s", "compile", ...} as the child measured them, with what the
+        engine's own start-up log says (launchers.engines.base.read_log: its compile state, which
+        wins over the cache folders' (a sibling replica's new files are not this engine's compile),
+        KV-cache tokens, weights). A failure names the root cause from the engine's log when the
+        exception itself does not."""
         try:
-            return self._call("build", self.engine, self.spec)
+            answer = self._call("build", self.engine, self.spec)
+            time.sleep(0.2)                 # the engine's last start-up lines may still be in the pipe
+            return merge_start_facts(answer, read_log(self.engine, list(self.log_tail)))
         except Exception as e:
             time.sleep(0.5)                 # the engine's last lines may still be in the pipe
             cause, said = root_cause(list(self.log_tail)), str(e).strip()

@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from evaluator.records import SamplingConfig
-from launchers.engine_host import EngineHost, compile_state, confine_to_devices
-from launchers.engines.base import EngineSpec, cache_dirs, files_under, free_port, server_launch
+from launchers.engine_host import EngineHost, compile_state, confine_to_devices, merge_start_facts, root_cause
+from launchers.engines.base import EngineSpec, cache_dirs, files_under, free_port, read_log, redact, server_launch
 
 # psutil.Process.wait() on a process that is not our child polls until it is gone; pid reuse in
 # that half-second is the only way this could kill a stranger's group, and the group is ours.
@@ -57,6 +58,65 @@ def start_reaper() -> None:
                    close_fds=True, check=True)
 
 
+class MemorySampler:
+    """The replica's processes (the actor and everything under it: the engine host, vLLM's
+    EngineCore and TP workers, a server and its children) sampled every interval in a thread:
+    on GPUs the device memory NVML says those processes use, on CPU hosts their proportional set
+    size (PSS: resident memory with shared pages split between the processes that share them, so
+    torch's libraries in three processes count once, not three times). peak_gib() is the largest
+    total seen."""
+
+    def __init__(self, device: str, interval_s: float = 0.5):
+        self.device, self.interval_s, self.peak = device, interval_s, 0
+        self.stop = threading.Event()
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _tree(self):
+        import psutil
+        me = psutil.Process(os.getpid())
+        try:
+            return [me, *me.children(recursive=True)]
+        except psutil.Error:
+            return [me]
+
+    def _used(self) -> int:
+        import psutil
+        procs = self._tree()
+        if self.device != "cuda":
+            total = 0
+            for p in procs:
+                try:
+                    total += pss_bytes(p.pid)
+                except (OSError, psutil.Error):
+                    pass
+            return total
+        from evaluator.hosts import gpu_process_memory
+        return gpu_process_memory({p.pid for p in procs})
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.interval_s):
+            try:
+                self.peak = max(self.peak, self._used())
+            except Exception:       # a sample that fails (a process gone mid-read) is skipped
+                pass
+
+    def peak_gib(self) -> float | None:
+        return self.peak / 2**30 if self.peak else None
+
+
+def pss_bytes(pid: int) -> int:
+    """A process's proportional set size from /proc/PID/smaps_rollup (its RSS where that is missing)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import psutil
+    return psutil.Process(pid).memory_info().rss
+
+
 class _ReplicaBase:
     """Process group, reaper, environment and core confinement shared by both actors."""
 
@@ -74,6 +134,11 @@ class _ReplicaBase:
         os.environ.update(env)
         confine_to_devices(spec)
         self.rank, self.engine_name, self.spec = rank, engine, spec
+        self.memory = MemorySampler(spec.device)
+
+    def peak_memory(self) -> float | None:
+        """GiB at the replica's peak so far (device memory on GPUs, resident memory on CPU)."""
+        return self.memory.peak_gib()
 
     def info(self) -> dict[str, Any]:
         import ray
@@ -103,8 +168,6 @@ class Replica(_ReplicaBase):
     def __init__(self, rank: int, engine: str, spec: EngineSpec, env: dict[str, str]):
         super().__init__(rank, engine, spec, env)
         self.engine: EngineHost | None = None
-        self.first_start = self.last_end = None
-        self.busy_s = 0.0
 
     def start(self) -> dict[str, Any]:
         """Build the engine; returns where it runs, its construction time and compile state
@@ -116,14 +179,7 @@ class Replica(_ReplicaBase):
                  seeds: list[int] | None) -> dict[str, Any]:
         t0 = time.time()
         completions = self.engine.generate(prompts, params, seeds)
-        t1 = time.time()
-        self.first_start = self.first_start or t0
-        self.last_end = t1
-        self.busy_s += t1 - t0
-        return {"chunk_id": chunk_id, "completions": completions, "start": t0, "end": t1}
-
-    def window(self) -> dict[str, Any]:
-        return {"first_start": self.first_start, "last_end": self.last_end, "busy_s": self.busy_s}
+        return {"chunk_id": chunk_id, "completions": completions, "start": t0, "end": time.time()}
 
     def close(self) -> None:
         engine, self.engine = self.engine, None
@@ -143,11 +199,22 @@ class ServerFailed(RuntimeError):
         return (ServerFailed, (str(self), self.exit_code))
 
 
-def log_tail(path: Path, lines: int = 20) -> str:
+def log_lines(path: Path) -> list[str]:
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return path.read_text(errors="replace").splitlines()
     except OSError:
-        return ""
+        return []
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    return "\n".join(log_lines(path)[-lines:])
+
+
+def start_failure(what: str, path: Path) -> str:
+    """'<what>: <the engine's own root cause>; <log> ends: <tail>': the first line names the cause
+    (vLLM's 'Engine core initialization failed. See root cause above' points at a log nobody saw)."""
+    cause = root_cause(log_lines(path))
+    return f"{what}" + (f": {cause}" if cause else "") + f"; {path} ends:\n{log_tail(path)}"
 
 
 class ServerReplica(_ReplicaBase):
@@ -155,9 +222,10 @@ class ServerReplica(_ReplicaBase):
     start-up = process start until then."""
 
     def __init__(self, rank: int, engine: str, spec: EngineSpec, env: dict[str, str], log_path: str,
-                 driver_host: str, start_timeout_s: float = 1800.0):
+                 driver_host: str, start_timeout_s: float = 1800.0, api_key: str | None = None):
         super().__init__(rank, engine, spec, env)
         self.log_path, self.driver_host, self.start_timeout_s = Path(log_path), driver_host, start_timeout_s
+        self.api_key = api_key
         self.proc: subprocess.Popen | None = None
 
     def _host(self) -> str:
@@ -169,28 +237,32 @@ class ServerReplica(_ReplicaBase):
 
     def start(self) -> dict[str, Any]:
         host = self._host()
-        launch = server_launch(self.engine_name, self.spec, free_port(), host)
+        launch = server_launch(self.engine_name, self.spec, free_port(), host, self.api_key)
         url = f"http://{host}:{launch.port}"
 
         def run():
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.log_path, "w") as log:
-                self.proc = subprocess.Popen(launch.argv, env={**os.environ, **launch.env}, stdout=log,
-                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(launch.argv, env={**os.environ, **launch.env}, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            # the server's log goes to its file through us, so the API key (an engine may print its
+            # own flags) never reaches the disk
+            threading.Thread(target=copy_redacted, args=(self.proc.stdout, self.log_path, self.api_key),
+                             daemon=True).start()
             deadline = time.monotonic() + self.start_timeout_s
             while True:
                 rc = self.proc.poll()
                 if rc is not None:
-                    raise ServerFailed(f"{self.engine_name} server exited with code {rc} before it answered "
-                                       f"{launch.health_path}; {self.log_path} ends:\n{log_tail(self.log_path)}", rc)
+                    raise ServerFailed(start_failure(f"{self.engine_name} server exited with code {rc} before it "
+                                                     f"answered {launch.health_path}", self.log_path), rc)
                 if _healthy(url + launch.health_path):
                     return {"url": url, "model_name": launch.model_name, "server_pid": self.proc.pid,
-                            "argv": list(launch.argv)}
+                            "argv": list(launch.redacted_argv)}
                 if time.monotonic() > deadline:
-                    raise ServerFailed(f"{self.engine_name} server did not answer {launch.health_path} within "
-                                       f"{self.start_timeout_s:g} s; {self.log_path} ends:\n{log_tail(self.log_path)}")
+                    raise ServerFailed(start_failure(f"{self.engine_name} server did not answer {launch.health_path} "
+                                                     f"within {self.start_timeout_s:g} s", self.log_path))
                 time.sleep(0.5)
-        return self._timed_start(run)
+        started = self._timed_start(run)
+        return merge_start_facts(started, read_log(self.engine_name, log_lines(self.log_path)))
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -216,6 +288,13 @@ class ServerReplica(_ReplicaBase):
                 child.kill()
             except psutil.Error:
                 pass
+
+
+def copy_redacted(pipe, path: Path, secret: str | None) -> None:
+    """Every line of pipe into path as it comes (line-buffered), the secret replaced by ***."""
+    with open(path, "w", buffering=1, errors="replace") as log:
+        for raw in iter(pipe.readline, b""):
+            log.write(redact(raw.decode("utf-8", "replace"), secret))
 
 
 def _healthy(url: str) -> bool:

@@ -40,8 +40,8 @@ def run_cli(args: list[str], timeout: float = 600, lock: bool = True, **kw) -> s
     cmd = [sys.executable, *args]
     if lock:
         cmd = ["flock", LOCK, *cmd]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled", **kw.pop("env", {})}
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env, **kw)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **kw.pop("env", {})}
+    return subprocess.run(cmd, cwd=kw.pop("cwd", ROOT), capture_output=True, text=True, timeout=timeout, env=env, **kw)
 
 
 def last_json(stdout: str) -> dict:
@@ -97,29 +97,35 @@ def wait_for(found, proc: subprocess.Popen, timeout: float, what: str, every: fl
     raise AssertionError(f"waited {timeout} s for {what} in vain")
 
 
+HEADLINE_SERVE = ["--concurrency", "1,4", "--slo-ttft-ms", "60000"]
+
+
 @pytest.fixture(scope="session")
 def comparison(tiny_model, gsm8k_parquet, tmp_path_factory) -> dict:
-    """One `python -m evaluator.compare` of vLLM and SGLang over 2 CPU devices, 13 prompts (odd on
-    purpose: 7 + 6 over two replicas): single, dp=2 and tp=2 of vLLM run; SGLang's layouts are
-    skipped with the reason this machine gives. The comparison is SIGKILLed (its whole process
-    group, the running evaluator included) as soon as its second layout has started, then resumed:
-    the finished layout must be kept, not run again. Shared by the end-to-end, report and analysis
-    tests. {"out": folder, "stderr": what the resumed comparison printed, "single_mtime": ...}."""
+    """The README's headline command, `python -m evaluator.compare --engines vllm,sglang
+    --workload both -- ... --concurrency ...`, over 2 CPU devices, 13 prompts (odd on purpose: 7 + 6
+    over two replicas): single, dp=2 and tp=2 of vLLM run offline and serving (the serving flags
+    reach the serving runs only); SGLang's layouts are skipped with the reason this machine gives.
+    The comparison is SIGKILLed (its whole process group, the running evaluator included) while its
+    second layout's engines start, then resumed: the finished layout must be kept, not run again.
+    Shared by the end-to-end, serving, report and analysis tests. {"out": folder, "stderr": what the
+    resumed comparison printed, "single_mtime": ...}."""
     out = tmp_path_factory.mktemp("results") / "cmp"
     argv = ["-m", "evaluator.compare", "--engines", "vllm,sglang", "--gpus", "2", "--model", str(tiny_model),
-            "--data", str(gsm8k_parquet), "--out", str(out), "--gpu-hour-price", "2.5", "--",
-            "--device", "cpu", "--limit", "13", "--max-tokens", "12", *FAST_CPU]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled"}
+            "--data", str(gsm8k_parquet), "--out", str(out), "--gpu-hour-price", "2.5", "--workload", "both", "--",
+            "--device", "cpu", "--limit", "13", "--max-tokens", "12", *FAST_CPU, *HEADLINE_SERVE]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(["flock", LOCK, sys.executable, *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        wait_for(lambda: (out / "vllm-single" / "summary.json").is_file() and (out / "vllm-dp2" / "config.json").is_file(),
+        wait_for(lambda: (out / "vllm-single" / "summary.json").is_file() and (out / "vllm-dp2" / "attempts.jsonl").is_file(),
                  first, 1500, "the second layout to start")
+        time.sleep(5)       # well inside its engines' start (~40 s): it holds its devices, nothing is done
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.communicate()
     single_mtime = (out / "vllm-single" / "summary.json").stat().st_mtime
-    r = run_cli(["-m", "evaluator.compare", "--resume", str(out)], timeout=1800, env={"COLUMNS": "250"})
+    r = run_cli(["-m", "evaluator.compare", "--resume", str(out)], timeout=2700, env={"COLUMNS": "250"})
     assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
     return {"out": out, "stdout": r.stdout, "stderr": r.stderr, "single_mtime": single_mtime}
 
@@ -129,3 +135,11 @@ def layout_runs(comparison) -> dict[str, Path]:
     """The comparison's real runs: {"single": folder, "dp2": ..., "tp2": ...}."""
     out = comparison["out"]
     return {"single": out / "vllm-single", "dp2": out / "vllm-dp2", "tp2": out / "vllm-tp2"}
+
+
+@pytest.fixture(scope="session")
+def served(comparison) -> Path:
+    """The comparison folder, whose -serve runs are the serving layouts at c=1 and c=4."""
+    out = comparison["out"]
+    (out / "compare.stdout").write_text(comparison["stdout"])
+    return out

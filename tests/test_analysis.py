@@ -41,9 +41,10 @@ def write_run(root: Path, run_id: str, samples: list[Sample], dp: int = 1, tp: i
                                    completion_tokens=0, idle_after_finish_s=max(generate_s) - g, chunks=1)
                      for r, g in enumerate(generate_s))
     n = len(samples)
+    summary_kw.setdefault("completion_tokens", 0)
     summary = RunSummary(run_id=run_id, config=cfg, prompts=n, wall_s=startup_s + max(generate_s),
                          startup_s=startup_s, generate_s=max(generate_s), output_tokens_per_s=1.0, prompt_tokens=0,
-                         completion_tokens=0, strict_accuracy=sum(s.strict_correct for s in samples) / n,
+                         strict_accuracy=sum(s.strict_correct for s in samples) / n,
                          flexible_accuracy=sum(s.flexible_correct for s in samples) / n, replicas=replicas,
                          versions={}, device_name="cpu", started_at=f"2026-01-01T00:00:{started:02d}",
                          straggler_gap=analysis.straggler_gap(replicas), **summary_kw)
@@ -140,15 +141,23 @@ def test_break_even_math():
 
 
 def test_verdict_sentence():
+    """The ranges are the lower envelope of the lines: 10 + n = 30 + 0.5 n at n = 40 (a tie: 1x1 up
+    to 40), 30 + 0.5 n = 60 + 0.4 n at n = 300; and the sentence says they are estimated from the
+    one measured batch size, not measured there."""
     single, dp2, tp2 = Cost("1x1", 10.0, 1.0), Cost("2x1", 30.0, 0.5), Cost("1x2", 60.0, 0.4)
-    v = verdict([single, dp2, tp2], prompts=13)
+    v = verdict([single, dp2, tp2], prompts=13, scope="vllm, cpu, warm starts")
     assert v.fastest is single and v.overtaker is dp2 and v.overtakes_from == 41
-    assert v.sentence == ("For 13 prompts 1x1 is fastest (23.0 s: start-up 10.0 s + 13 x 1.000 s); "
-                          "2x1 overtakes it from 41 prompts on.")
+    assert [(c.label, lo, hi) for c, lo, hi in v.ranges] == [("1x1", 1, 40), ("2x1", 41, 300), ("1x2", 301, None)]
+    assert v.sentence == ("Measured at 13 prompts (vllm, cpu, warm starts): 1x1 is fastest (23.0 s: start-up 10.0 s "
+                          "+ 13 x 1.000 s/prompt). Estimated from this one batch size (time = start-up + n x s/prompt; "
+                          "a batch of another size runs more or fewer prompts at once and takes another time per "
+                          "prompt, so read counts far from 13 as estimates): 1x1 up to 40, 2x1 from 41 to 300, "
+                          "1x2 from 301 on.")
     v = verdict([single, dp2, tp2], prompts=1000)                  # 2x1: 530 s, 1x2: 460 s
     assert v.fastest is tp2 and v.overtaker is None
-    assert v.sentence.endswith("no other layout overtakes it at any prompt count.")
-    assert "\n" not in v.sentence
+    assert "\n" not in v.sentence and "no other layout overtakes it at any prompt count" not in v.sentence
+    assert verdict([single, Cost("x", 5.0, 2.0)], 13).sentence.endswith("x up to 5, 1x1 from 6 on.")
+    assert verdict([single, Cost("slow", 20.0, 2.0)], 13).sentence.endswith("1x1 at every prompt count.")
     assert verdict([single], prompts=13).sentence == ("For 13 prompts only 1x1 was measured (23.0 s); "
                                                       "run other layouts to compare.")
 
@@ -188,7 +197,9 @@ def test_report_compare_fabricated(fabricated):
     assert "from 7" in out and "from 26" in out
     # quick: 5 + n*3 beats single (10 + n*2) below 5 prompts only
     assert "up to 4" in out
-    assert "For 10 prompts vllm 2x1 is fastest" in " ".join(out.split())
+    flat = " ".join(out.split())
+    assert "Measured at 10 prompts (vllm, cpu, 1 core(s)/device, start state unknown): vllm 2x1 is fastest" in flat
+    assert "vllm 1x2 [quick] up to 5, vllm 1x1 at 6, vllm 2x1 from 7 on." in flat
     assert not (fabricated / "report.png").exists()
 
 
@@ -275,7 +286,7 @@ def test_compare_layout_runs(layout_runs, tmp_path):
     for run in ("dp2", "tp2"):
         assert run in out
     assert out.count("/13)") >= 4                     # identical + same-answer rates of both pairs
-    assert "For 13 prompts" in out and "is fastest" in out
+    assert "Measured at 13 prompts (vllm, cpu, 1 core(s)/device, engine kwargs" in out and "is fastest" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the numbers in the table are what the analysis computes from the files
     single = RunDir(layout_runs["single"]).read_samples()
@@ -357,18 +368,21 @@ def test_majority_vote_real_run(tiny_model, gsm8k_parquet, tmp_path):
 
 
 def test_gpu_cost_on_known_numbers():
-    """2 GPUs x (60 s start-up + 300 s work) = 0.2 GPU-hours; at 2.50 per GPU-hour that is 0.50,
-    and over 1,000,000 output tokens 0.50 per million; start-up is paid, so it counts."""
-    c = analysis.gpu_cost(2, 60.0, 300.0, 1_000_000, 2.5)
+    """2 GPUs x 360 s = 0.2 GPU-hours; at 2.50 per GPU-hour that is 0.50, and over 1,000,000
+    output tokens 0.50 per million. At 1,000 tok/s on 2 GPUs at 3.60/GPU-hour a million tokens
+    take 1,000 s = 2 GPU x 1000 s = 0.5556 GPU-h -> 2.00."""
+    c = analysis.gpu_cost(2, 360.0, 1_000_000, 2.5)
     assert c.gpu_hours == pytest.approx(0.2) and c.cost == pytest.approx(0.5)
     assert c.cost_per_million_tokens == pytest.approx(0.5)
-    assert analysis.gpu_cost(1, 0.0, 3600.0, 500_000, 3.0).cost_per_million_tokens == pytest.approx(6.0)
-    no_price = analysis.gpu_cost(4, 10.0, 10.0, 100, None)
+    assert analysis.gpu_cost(1, 3600.0, 500_000, 3.0).cost_per_million_tokens == pytest.approx(6.0)
+    no_price = analysis.gpu_cost(4, 20.0, 100, None)
     assert no_price.gpu_hours == pytest.approx(80 / 3600) and no_price.cost is None
     assert no_price.cost_per_million_tokens is None
-    assert analysis.gpu_cost(1, 1.0, 1.0, 0, 1.0).cost_per_million_tokens is None    # nothing generated
+    assert analysis.gpu_cost(1, 2.0, 0, 1.0).cost_per_million_tokens is None    # nothing generated
+    assert analysis.cost_per_million_at(2, 1000.0, 3.6) == pytest.approx(2.0)
+    assert analysis.cost_per_million_at(2, 0.0, 3.6) is None and analysis.cost_per_million_at(2, 10.0, None) is None
     with pytest.raises(ValueError):
-        analysis.gpu_cost(0, 1.0, 1.0, 1, 1.0)
+        analysis.gpu_cost(0, 1.0, 1, 1.0)
 
 
 def test_report_price_columns(fabricated):
@@ -379,6 +393,26 @@ def test_report_price_columns(fabricated):
     row = next(line for line in r.stdout.splitlines() if "1x1" in line)
     assert "0.008" in row and "0.03" in row
     assert report_cli(fabricated, "--gpu-hour-price", "-1").returncode == 2
+
+
+def test_cost_counts_every_paid_attempt(tmp_path):
+    """A run killed once and resumed: attempt 1 held 2 GPUs for 900 s before it died (it finished
+    nothing after its last chunk), attempt 2 for 300 s. Paid: 2 x 1200 s = 0.6667 GPU-h, at 3.00 =
+    2.00, over 500,000 tokens 4.00 per million; the engine-only figure (start-up 50 + generate 100 s
+    of the last attempt) is 2 x 150 s = 0.0833 GPU-h."""
+    from evaluator.records import Attempt
+    from evaluator.report.runs import find_runs
+    from evaluator.report.tables import rows
+    attempts = (Attempt("2026-01-01T00:00:00", 300, 60.0, 500.0, 250_000, 900.0, False),
+                Attempt("2026-01-01T01:00:00", 300, 50.0, 100.0, 250_000, 300.0, True))
+    write_run(tmp_path, "dp2", [sample(i, "#### 7") for i in range(4)], dp=2, startup_s=50.0, generate_s=[100.0, 90.0],
+              attempts=attempts, completion_tokens=500_000, resumed_prompts=2)
+    (row,) = rows(find_runs(tmp_path), price_per_gpu_hour=3.0)
+    assert row["gpu_hours"] == pytest.approx(2 / 3) and row["cost"] == pytest.approx(2.0)
+    assert row["cost_per_mtok"] == pytest.approx(4.0) and row["gpu_hours_engine"] == pytest.approx(300 / 3600)
+    from evaluator.report.tables import columns
+    (cell,) = [c.cell for c in columns([row], price=True) if c.title.startswith("GPU-h")]
+    assert cell(row) == "0.667 (0.083) 2 attempts"
 
 
 @pytest.mark.parametrize("single_kw,dp2_kw", [

@@ -26,6 +26,14 @@ def bad_files(tmp_path_factory, gsm8k_parquet, tiny_model):
     (d / "heads3").mkdir()
     (d / "heads3" / "config.json").write_text(json.dumps({"num_attention_heads": 3}))
     (d / "afile").write_text("x")
+    ok = {"messages": [{"role": "user", "content": "How many apples?"}], "output_tokens": 8}
+    lines = {"t_ok": [ok, ok], "t_zero": [ok, {**ok, "output_tokens": 0}], "t_neg": [{**ok, "output_tokens": -3}],
+             "t_empty_msg": [{"output_tokens": 4}],
+             "t_back": [{**ok, "timestamp": 1.0}, {**ok, "timestamp": 2.0}, {**ok, "timestamp": 1.5}],
+             "t_long": [{"prompt": " ".join(["apples"] * 400), "output_tokens": 8}]}
+    for name, rows in lines.items():
+        (d / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "t_notjson.jsonl").write_text(json.dumps(ok) + "\n{not json\n")
     return d
 
 
@@ -73,14 +81,44 @@ CASES = [
     # prompts that cannot fit the context with the answer
     ("prompt cannot fit", ["--max-model-len", "64", "--max-tokens", "60"], "cannot fit the context of 64 tokens"),
     # serving flags
-    ("serving flag on an offline run", ["--concurrency", "4"], "are for --workload serve"),
+    ("serving flag on an offline run", ["--concurrency", "4"], "--concurrency is for --workload serve"),
     ("concurrency zero", ["--workload", "serve", "--concurrency", "0"], "--concurrency values must be whole numbers"),
     ("negative rate", ["--workload", "serve", "--request-rate", "-1"], "--request-rate values must be positive"),
-    ("both load shapes", ["--workload", "serve", "--concurrency", "1", "--request-rate", "2"], "not both"),
+    ("both load shapes", ["--workload", "serve", "--concurrency", "1", "--request-rate", "2"], "not --concurrency and --request-rate"),
     ("bad level prompts", ["--workload", "serve", "--level-prompts", "many"], "--level-prompts must be all, N or Nx"),
     ("negative slo", ["--workload", "serve", "--slo-ttft-ms", "-5"], "--slo-ttft-ms must be positive"),
     ("native dp of vllm offline", ["--mode", "dp", "--gpus", "2", "--dp-backend", "native"],
      "vllm has no data parallelism of its own for offline runs"),
+    # engine kwargs that would set the layout behind the flags' back (the engine then fails or
+    # measures another layout than the table says)
+    ("engine kwargs set tp", ["--engine-kwargs", '{"tensor_parallel_size": 2}'],
+     "--engine-kwargs 'tensor_parallel_size' sets the layout; use --mode tp --gpus N"),
+    ("engine kwargs set pp", ["--engine-kwargs", '{"pipeline_parallel_size": 2}'], "'pipeline_parallel_size' sets the layout"),
+    ("engine kwargs set dp", ["--engine-kwargs", '{"data_parallel_size": 2}'], "use --mode dp --gpus N"),
+    # what a backend cannot do, refused before it starts
+    ("reference engine without tp", ["--engine", "hf", "--mode", "tp", "--gpus", "2"], "hf has no tensor parallelism"),
+    ("reference engine without server", ["--engine", "hf", "--workload", "serve"], "hf has no serve workload"),
+    # a KV cache that cannot hold one sequence (predicted: vLLM-CPU's budget minus weights and runtime)
+    ("kv cache too small", ["--cpu-memory-fraction", "0.02"], "less than one sequence"),
+    # traffic and capacity
+    ("capacity without slo", ["--workload", "serve", "--capacity"], "--capacity needs an SLO"),
+    ("capacity and levels", ["--workload", "serve", "--capacity", "--slo-ttft-ms", "100", "--concurrency", "2"],
+     "not --concurrency and --capacity"),
+    ("capacity budget", ["--workload", "serve", "--capacity", "--slo-ttft-ms", "100", "--capacity-levels", "1"],
+     "--capacity-levels must be at least 2"),
+    ("slo percentile", ["--workload", "serve", "--slo-percentile", "0"], "--slo-percentile must be in (0, 100]"),
+    ("traffic file missing", ["--workload", "serve", "--traffic", "/nonexistent.jsonl"], "no such file"),
+    ("replay of gsm8k", ["--workload", "serve", "--replay", "1"], "--replay replays a traffic file's timestamps"),
+    ("traffic output zero", ["--workload", "serve", "--traffic", "{bad}/t_zero.jsonl"], "line 2"),
+    ("traffic negative output", ["--workload", "serve", "--traffic", "{bad}/t_neg.jsonl"], "line 1"),
+    ("traffic without messages", ["--workload", "serve", "--traffic", "{bad}/t_empty_msg.jsonl"], "line 1"),
+    ("traffic timestamp backwards", ["--workload", "serve", "--traffic", "{bad}/t_back.jsonl"], "line 3"),
+    ("traffic longer than context", ["--workload", "serve", "--traffic", "{bad}/t_long.jsonl", "--max-model-len", "256"],
+     "256"),
+    ("traffic not json", ["--workload", "serve", "--traffic", "{bad}/t_notjson.jsonl"], "line 2"),
+    ("replay without timestamps", ["--workload", "serve", "--traffic", "{bad}/t_ok.jsonl", "--replay", "1"],
+     "--replay needs a timestamp"),
+    ("bad synthetic", ["--workload", "serve", "--traffic", "synthetic:in=lots,out=5"], "synthetic"),
 ] + ([] if SGLANG else [NOT_SGLANG])
 
 

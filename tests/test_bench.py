@@ -14,7 +14,7 @@ from tests.conftest import FAST_CPU, last_json, run_cli
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--gpus", "1"], "--gpus must be at least 2"),
+    (["--gpus", "0"], "--gpus must be at least 1"),
     (["--shardings", "contiguous,striped"], "--shardings"),
     (["--repeats", "0"], "--repeats must be at least 1"),
     (["--engine-kwargs", "[1]"], "--engine-kwargs must be a JSON object"),

@@ -13,6 +13,7 @@ import time
 import psutil
 import pytest
 
+from evaluator.records import SCHEMA_VERSION
 from evaluator.report.tables import rows
 from evaluator.store import RunDir
 from tests.conftest import run_cli
@@ -78,8 +79,14 @@ def test_layout_run_is_complete(layout_runs, name, dp, tp):
     assert summary.compile in ("cold", "warm", "none")
     assert summary.engine_env == {"VLLM_USE_AOT_COMPILE": "0"}
     lines = [json.loads(l) for l in (run.path / "samples.jsonl").read_text().splitlines()]
-    assert all(l["schema_version"] == 2 for l in lines)
-    assert json.loads((run.path / "summary.json").read_text())["schema_version"] == 2
+    assert all(l["schema_version"] == SCHEMA_VERSION for l in lines)
+    assert json.loads((run.path / "summary.json").read_text())["schema_version"] == SCHEMA_VERSION
+    # what the engine said about itself at start-up, per replica: its KV cache and weights, and
+    # the replica's peak resident memory; the prediction made before it started sits beside it
+    for r in summary.replicas:
+        assert r.kv_cache_tokens > 0 and r.max_concurrency > 0 and r.peak_memory_gib > 0.2
+    predicted = summary.memory["predicted"]
+    assert predicted["kv_cache_tokens"] > 0 and predicted["kv_bytes_per_token"] > 0
 
 
 def test_cpu_devices_are_pinned(layout_runs):
@@ -109,9 +116,15 @@ def test_the_killed_comparison_resumed_without_rerunning_finished_layouts(compar
     assert sorted(dp2.read_attempts()) == [1, 2], "the killed dp=2 start, then the one that finished"
     assert [a.finished for a in dp2.read_summary().attempts] == [False, True]
     result = json.loads(comparison["stdout"].strip().splitlines()[-1])
-    assert sorted(result["finished"]) == ["vllm-dp2", "vllm-single", "vllm-tp2"] and result["failed"] == []
+    assert sorted(result["finished"]) == ["vllm-dp2", "vllm-dp2-serve", "vllm-single", "vllm-single-serve",
+                                          "vllm-tp2", "vllm-tp2-serve"] and result["failed"] == []
     plan = json.loads((out / "compare.json").read_text())
     assert [p["run_id"] for p in plan["layouts"]][:3] == ["vllm-single", "vllm-dp2", "vllm-tp2"]
+    # the README's headline command: every offline layout and every serving layout, in one report
+    md = (out / "report.md").read_text()
+    assert "## Batch: which layout finishes first" in md and "## Serving" in md
+    rows = [line for line in md.splitlines() if line.startswith("| vllm |")]
+    assert sum(" serve" in line for line in rows) == 3 and sum(" serve" not in line for line in rows) == 3
 
 
 def test_the_comparison_report(comparison, layout_runs):
@@ -125,14 +138,17 @@ def test_the_comparison_report(comparison, layout_runs):
         assert f"- {label}: " in md and reason in md.split(f"- {label}: ")[1].splitlines()[0]
     assert "## Same answers as single?" in md and "vllm 2x1" in md and "## Batch: which layout finishes first" in md
     table = list(csv.DictReader(open(out / "report.csv")))
-    runs = {r["run_id"]: r for r in table if r["run_id"]}
+    runs = {r["run_id"]: r for r in table if r["run_id"] and not r["run_id"].endswith("-serve")}
     assert set(runs) == {"vllm-single", "vllm-dp2", "vllm-tp2"}
     for run_id, row in runs.items():
         s = RunDir(out / run_id).read_summary()
-        gpus = s.config.dp * s.config.tp
-        assert float(row["gpu_hours"]) == pytest.approx(gpus * (s.startup_s + s.generate_s) / 3600)
-        assert float(row["cost_per_mtok"]) == pytest.approx(2.5 * float(row["gpu_hours"]) / s.completion_tokens * 1e6)
-        assert float(row["output_tok_s_per_gpu"]) == pytest.approx(s.output_tokens_per_s / gpus)
+        # paid time covers more than the engine's: Ray's start, scoring, shutdown (and dp=2's killed
+        # first attempt, which held its devices until it died)
+        assert float(row["gpu_hours"]) > float(row["gpu_hours_engine"]) > 0
+        assert int(row["attempts"]) == (2 if run_id == "vllm-dp2" else 1)
+    dp2 = RunDir(out / "vllm-dp2").read_summary()
+    assert dp2.attempts[0].wall_s > 0 and not dp2.attempts[0].finished, "the killed attempt's time is known"
+    assert float(runs["vllm-dp2"]["gpu_hours"]) > 2 * dp2.attempts[-1].wall_s / 3600
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Layout comparison: vllm, sglang on 2 device(s)" in comparison["stdout"]
 
@@ -141,8 +157,8 @@ def test_report_prints_every_run(layout_runs):
     results = layout_runs["single"].parent
     r = run_cli(["-m", "evaluator.report", str(results)], lock=False, env={"COLUMNS": "250"})
     assert r.returncode == 0, r.stderr
-    table_rows = [l for l in r.stdout.splitlines() if "vllm" in l]
-    assert len(table_rows) == 3
+    table_rows = [l for l in r.stdout.splitlines() if "vllm" in l and " serve " not in l]
+    assert len(table_rows) == 3 and sum(" serve " in l for l in r.stdout.splitlines() if "vllm" in l) == 3
     assert any("1x1" in l for l in table_rows) and any("2x1" in l for l in table_rows) and any("1x2" in l for l in table_rows)
     # speedup = the single run's generate s / this run's, as computed from the summaries
     summaries = [RunDir(layout_runs[n]).read_summary() for n in ("single", "dp2", "tp2")]

@@ -73,6 +73,10 @@ def test_killed_replica_prompts_are_rerun(tmp_path, sharding):
     assert summary.rerun_prompts > 0
     assert summary.replicas[0].prompts + summary.replicas[1].prompts == 30
     assert any(isinstance(e, ReplicaFailed) and e.rank == 1 for e in events)
+    # the dead replica finished one chunk: its window is that chunk's, not empty (an empty one read
+    # as a 100% straggler gap)
+    assert summary.replicas[1].prompts == 3 and summary.replicas[1].generate_s >= 0.05 * 0.9
+    assert summary.straggler_gap < 1.0
 
 
 def test_engine_error_is_a_replica_failure(tmp_path):

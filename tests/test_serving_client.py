@@ -14,6 +14,7 @@ import json
 import socket
 import statistics
 import threading
+from pathlib import Path
 from collections import Counter
 
 import pytest
@@ -35,20 +36,36 @@ class Fake:
     "http500", "no_done": clean end of stream without [DONE]). status: answer every request with it."""
 
     def __init__(self, ttft_s=0.05, gap_s=0.02, tokens=5, usage_completion=7, usage_prompt=11,
-                 usage=True, fail_first=None, status=None):
+                 usage=True, fail_first=None, status=None, throttle_first=0, throttle_status=429,
+                 retry_after=None, reasoning=0, big_chunk=0, hang_after=None, health_hangs=False):
         self.ttft_s, self.gap_s, self.tokens = ttft_s, gap_s, tokens
         self.usage_completion, self.usage_prompt, self.usage = usage_completion, usage_prompt, usage
         self.fail_first, self.status = fail_first, status
+        # the first `throttle_first` requests get HTTP throttle_status (429/408), with Retry-After if given
+        self.throttle_first, self.throttle_status, self.retry_after = throttle_first, throttle_status, retry_after
+        self.reasoning, self.big_chunk = reasoning, big_chunk   # reasoning chunks first; one content chunk of N chars
+        self.hang_after, self.health_hangs = hang_after, health_hangs   # stop sending after N chunks (a hung server)
         self.requests = self.in_flight = self.max_in_flight = 0
         self.bodies: list[dict] = []
+        self.headers: list[dict] = []
+        self.arrivals: list[float] = []
 
     async def health(self, request: web.Request) -> web.Response:
+        if self.health_hangs:
+            await asyncio.sleep(30)
         return web.Response(text="")
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        import time
+        self.arrivals.append(time.perf_counter())
         self.bodies.append(await request.json())
+        self.headers.append(dict(request.headers))
         self.requests += 1
         first = self.requests == 1
+        if self.requests <= self.throttle_first:
+            extra = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+            return web.json_response({"error": {"message": "slow down", "code": self.throttle_status}},
+                                     status=self.throttle_status, headers=extra)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -65,7 +82,14 @@ class Fake:
 
             await send({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}], "usage": None})
             await asyncio.sleep(self.ttft_s)
+            for i in range(self.reasoning):
+                await send({"choices": [{"index": 0, "delta": {"reasoning_content": f"r{i} "}}], "usage": None})
+                await asyncio.sleep(self.gap_s)
+            if self.big_chunk:
+                await send({"choices": [{"index": 0, "delta": {"content": "x" * self.big_chunk}}], "usage": None})
             for i in range(self.tokens):
+                if self.hang_after is not None and i == self.hang_after:
+                    await asyncio.sleep(3600)
                 if i:
                     await asyncio.sleep(self.gap_s)
                 await send({"choices": [{"index": 0, "delta": {"content": f"t{i} "}}], "usage": None})
@@ -338,3 +362,151 @@ def test_records_round_trip_and_labels():
             Level(kind, value)
     with pytest.raises(ValueError):
         Level.from_label("16")
+
+
+# --- failure handling that must not end a run (issue: 429, 408, timeouts, long lines, reasoning) ---
+@pytest.mark.parametrize("status", [429, 408])
+def test_throttled_requests_back_off_and_are_answered(serve, status):
+    """429 (rate limited) and 408 (request timeout) mean "not now", not bad input: the client backs
+    off within the level and the request is answered, its back-offs counted. Retry-After is honoured."""
+    fake = Fake(throttle_first=2, throttle_status=status, retry_after=0.3, tokens=2)
+    (r,), _ = _run([serve(fake)], 1)
+    assert r.ok and not r.rejected and r.throttled == 2 and r.retries == 0 and fake.requests == 3
+    assert r.e2e_s >= 0.6, "two back-offs of the server's Retry-After (0.3 s)"
+    s = level_stats([r], 1.0, 1, None, None)
+    assert s.throttled == 2 and s.errors == 0
+
+
+def test_backoff_without_retry_after_doubles_and_is_capped():
+    from evaluator.serving.client import backoff_s
+    assert [backoff_s(k, None) for k in (1, 2, 3, 4, 10)] == [0.25, 0.5, 1.0, 2.0, 8.0]
+    assert backoff_s(1, 3.0) == 3.0
+
+
+def test_http_404_is_rejected_with_its_status(serve):
+    """A 404 (no such model on this server) is a configuration error: rejected, status kept."""
+    fake = Fake(status=404)
+    (r,), _ = _run([serve(fake)], 1)
+    assert not r.ok and r.rejected and r.status == 404 and r.retries == 0
+
+
+def test_timeout_on_a_healthy_server_is_recorded_not_resent(serve):
+    """A request that outlasts the timeout on a server whose /health still answers is a timeout
+    at this level: not re-sent to the other replica (that would add load to a saturated level)."""
+    slow, other = Fake(ttft_s=2.0, tokens=1), Fake(tokens=1)
+    eps = Endpoints([serve(slow), serve(other)])
+    (r,), _ = _run(eps, 1, request_timeout_s=0.5)
+    assert not r.ok and r.timed_out and r.retries == 0 and "healthy" in r.error
+    assert (slow.requests, other.requests) == (1, 0) and eps.dead == {}
+    assert level_stats([r], 1.0, 1, None, None).timeouts == 1
+
+
+def test_a_hung_server_is_found_by_the_stall_timeout_and_its_request_rerouted(serve):
+    """A server that stops sending mid-answer with its port still open (SIGSTOP) and whose /health
+    hangs too: the stall timeout ends the attempt, the failed health check marks it dead, and the
+    request is answered by the other replica."""
+    hung, good = Fake(hang_after=1, health_hangs=True), Fake()
+    eps = Endpoints([serve(hung), serve(good)])
+    (r,), _ = _run(eps, 1, stall_timeout_s=0.5)
+    assert r.ok and r.retries == 1 and r.replica == 1 and list(eps.dead) == [0]
+
+
+def test_an_over_long_sse_line_is_read_whole(serve):
+    """One streamed chunk of 2,000,000 characters (aiohttp's own line reader gives up at 512 KiB, LineTooLong, and
+    would cancel the whole level)."""
+    fake = Fake(big_chunk=2_000_000, tokens=1)
+    (r,), _ = _run([serve(fake)], 1)
+    assert r.ok and len(r.text) == 2_000_000 + len("t0 ")
+
+
+def test_reasoning_tokens_start_the_ttft_clock_and_the_answer_is_timed_apart(serve):
+    """A reasoning model streams reasoning_content first: TTFT is the first token of any kind,
+    first_answer_s the first answer token; the answer text holds content only."""
+    fake = Fake(ttft_s=0.05, gap_s=0.05, reasoning=4, tokens=2)
+    (r,), _ = _run([serve(fake)], 1)
+    assert r.ok and r.text == "t0 t1 " and r.reasoning == "r0 r1 r2 r3 "
+    assert 0.049 <= r.ttft_s < 0.2 and r.first_answer_s >= r.ttft_s + 4 * 0.05 - 0.01
+    assert len(r.itl_s) == 5
+
+
+def test_each_request_carries_its_own_output_length_and_the_headers(serve):
+    fake = Fake(tokens=1)
+    reqs = [ChatRequest(0, ({"role": "user", "content": "a"},), max_tokens=3, ignore_eos=True),
+            ChatRequest(1, ({"role": "user", "content": "b"},))]
+    run_level_sync(Endpoints([serve(fake)]), reqs, Level("concurrency", 1), SAMPLING, "m",
+                   headers={"Authorization": "Bearer s3cret"})
+    by = {b["messages"][0]["content"]: b for b in fake.bodies}
+    assert (by["a"]["max_tokens"], by["a"]["ignore_eos"]) == (3, True)
+    assert by["b"]["max_tokens"] == 16 and "ignore_eos" not in by["b"]
+    assert all(h.get("Authorization") == "Bearer s3cret" for h in fake.headers)
+
+
+def test_a_sessions_second_turn_follows_its_answer_and_contains_it(serve):
+    fake = Fake(ttft_s=0.05, tokens=2)
+    reqs = [ChatRequest(0, ({"role": "user", "content": "first"},), session="s", turn=0),
+            ChatRequest(1, ({"role": "user", "content": "second"},), session="s", turn=1),
+            ChatRequest(2, ({"role": "user", "content": "alone"},))]
+    results, _ = run_level_sync(Endpoints([serve(fake)]), reqs, Level("rate", float("inf")), SAMPLING, "m")
+    assert all(r.ok for r in results)
+    second = next(b for b in fake.bodies if b["messages"][-1]["content"] == "second")
+    assert [m["content"] for m in second["messages"]] == ["first", "t0 t1 ", "second"]
+    assert [m["role"] for m in second["messages"]] == ["user", "assistant", "user"]
+    r0, r1 = results[0], results[1]
+    assert r1.sent_s >= r0.sent_s + r0.e2e_s - 1e-3 and (r1.session, r1.turn) == ("s", 1)
+
+
+def test_replay_sends_at_the_recorded_times_scaled(serve):
+    fake = Fake(ttft_s=0.01, tokens=1)
+    at = [10.0, 10.2, 10.5, 11.0]
+    reqs = [ChatRequest(i, ({"role": "user", "content": str(i)},), at_s=t) for i, t in enumerate(at)]
+    results, _ = run_level_sync(Endpoints([serve(fake)]), reqs, Level("replay", 2.0), SAMPLING, "m")
+    for r, t in zip(results, at):
+        due = (t - 10.0) / 2
+        assert r.scheduled_s == pytest.approx(due) and due - 1e-3 <= r.sent_s < due + 0.1
+        assert 0 <= r.send_lag_s < 0.1
+    assert Level.from_label(Level("replay", 2.0).label) == Level("replay", 2.0)
+
+
+def test_send_lag_is_recorded_for_rate_levels(serve):
+    fake = Fake(ttft_s=0.01, tokens=1)
+    results, _ = _run([serve(fake)], 20, Level("rate", 50.0), seed=1)
+    plan = arrival_offsets_s(20, 50.0, seed=1)
+    assert [r.scheduled_s for r in results] == pytest.approx(plan)
+    s = level_stats(results, 1.0, 1, None, None)
+    assert s.send_lag_ms_p50 is not None and 0 <= s.send_lag_ms_p50 <= s.send_lag_ms_p99 < 100
+
+
+def test_the_watchdog_finds_a_hung_server_without_any_timeout(serve):
+    """No stall timeout, a long request timeout: the watchdog's /health probes find the hung
+    server (health hangs too), mark it dead and end its attempts; the requests go to the other."""
+    hung, good = Fake(hang_after=1, health_hangs=True, tokens=3), Fake(tokens=3)
+    eps = Endpoints([serve(hung), serve(good)])
+    results, duration_s = _run(eps, 4, Level("concurrency", 4), health_interval_s=0.3, request_timeout_s=60)
+    assert all(r.ok for r in results) and list(eps.dead) == [0] and "stopped answering /health" in eps.dead[0]
+    assert sum(r.retries for r in results) == hung.requests >= 1 and duration_s < 10
+
+
+def test_a_soak_of_2000_requests_over_10_levels_leaks_nothing(tmp_path):
+    """python -m evaluator.bench.client soak against two fake servers in processes of their own:
+    no file descriptor, thread or child process is left after 2,000 requests, and resident memory
+    grows by less than 5 MB per 1,000 requests once the first level warmed the pools."""
+    from tests.conftest import last_json, run_cli
+    r = run_cli(["-m", "evaluator.bench.client", "soak", "--requests", "2000", "--levels", "10", "--out", str(tmp_path)],
+                lock=False, timeout=600)
+    assert r.returncode == 0, r.stderr
+    out = last_json(r.stdout)
+    report = json.loads(Path(out["report"]).read_text())
+    assert report["requests"] == 2000 and report["levels"] == 10
+    assert report["left_after"]["fds"] <= 0 and report["left_after"]["threads"] <= 0
+    assert report["left_after"]["children"] == 0
+    assert report["growth_per_1000"]["fds"] <= 0.5 and report["growth_per_1000"]["rss_mb"] < 5
+
+
+def test_send_lag_stays_small_at_a_few_hundred_requests_per_second(tmp_path):
+    from tests.conftest import last_json, run_cli
+    r = run_cli(["-m", "evaluator.bench.client", "lag", "--rates", "50,200", "--requests", "400", "--out",
+                 str(tmp_path)], lock=False, timeout=600)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(Path(last_json(r.stdout)["report"]).read_text())
+    assert [l["rate"] for l in report["levels"]] == [50, 200] and all(l["ok"] == 400 for l in report["levels"])
+    assert all(l["send_lag_ms_p50"] >= 0 for l in report["levels"])

@@ -152,7 +152,7 @@ def test_a_host_without_nvidia_driver_has_no_gpu():
 
 
 def test_weight_bytes_of_a_local_folder(tmp_path):
-    from evaluator.layout import weight_bytes
+    from evaluator.modelinfo import weight_bytes
     (tmp_path / "model-00001.safetensors").write_bytes(b"x" * 100)
     (tmp_path / "model-00002.safetensors").write_bytes(b"x" * 50)
     assert weight_bytes(str(tmp_path)) == 150 and weight_bytes("Qwen/Qwen2.5-7B-Instruct") is None
@@ -206,3 +206,23 @@ def test_engine_root_cause_from_its_log():
                                "(0.75 GiB KV cache is needed")
     assert root_cause(["torch.OutOfMemoryError: CUDA out of memory"]) == "torch.OutOfMemoryError: CUDA out of memory"
     assert root_cause(["INFO 12-01 00:05:08 [core.py:1] all good", "    raise ValueError("]) is None
+
+
+def test_a_killed_attempts_heartbeat_counts_as_paid_time(tmp_path):
+    """Attempt 1 is SIGKILLed: its last heartbeat (100 s after it began) is noted by attempt 2,
+    so its paid time is 100 s, not 0 (on 9af920f a killed attempt's wall was 0)."""
+    import os
+    from evaluator.store import RunDir
+    from evaluator.summary import attempts_of
+    rd = RunDir(tmp_path)
+    assert rd.begin_attempt("2026-01-01T00:00:00+00:00") == 1
+    first = rd.read_attempts()[1]["first_t"]
+    (tmp_path / ".heartbeat").write_text("1")
+    os.utime(tmp_path / ".heartbeat", (first + 100, first + 100))
+    assert rd.begin_attempt("2026-01-01T00:05:00+00:00") == 2
+    a1, a2 = attempts_of(rd)
+    assert not a1.finished and a1.wall_s == pytest.approx(100, abs=0.01)
+    with rd.heartbeat(2, every_s=0.05):
+        import time
+        time.sleep(0.2)
+    assert (tmp_path / ".heartbeat").read_text() == "2"

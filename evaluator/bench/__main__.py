@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=128, help="maximum new tokens per answer")
     p.add_argument("--ignore-eos", action="store_true", help="always generate --max-tokens tokens")
     p.add_argument("--gpus", type=int, default=2, help="N: 1 device is compared with dp=N replicas of 1 device "
-                                                       "(CPU hosts: N groups of --cpu-cores-per-device cores)")
+                                                       "(CPU hosts: N groups of --cpu-cores-per-device cores); "
+                                                       "1: the one-device ratios only (dp=N needs N devices)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                    help="auto = cuda when a GPU is visible, else cpu")
     p.add_argument("--cpu-cores-per-device", type=int, default=1, help="CPU cores that make one device on CPU hosts")
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 @dataclass(frozen=True)
 class Plan:
     single: RunConfig
-    multi: RunConfig
+    multi: RunConfig | None           # None on a one-device host: dp=N needs N devices
     shardings: list[str]
     prompts: list[Prompt]
 
@@ -84,8 +85,8 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     from evaluator.cli import build_parser as evaluator_parser, config_from_args
     from evaluator.data import load_prompts
     from evaluator.errors import UsageError
-    if args.gpus is None or args.gpus < 2:
-        raise UsageError(f"--gpus must be at least 2: the bench compares 1 device with dp=N (got {args.gpus})")
+    if args.gpus is None or args.gpus < 1:
+        raise UsageError(f"--gpus must be at least 1 (got {args.gpus})")
     if args.repeats < 1:
         raise UsageError(f"--repeats must be at least 1 (got {args.repeats})")
     shardings = [s.strip() for s in args.shardings.split(",") if s.strip()]
@@ -104,11 +105,11 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         argv += ["--ignore-eos"] if args.ignore_eos else []
         argv += ["--max-model-len", str(args.max_model_len)] if args.max_model_len is not None else []
         return config_from_args(evaluator_parser().parse_args(argv))
-    multi = config("dp", args.gpus)
+    multi = config("dp", args.gpus) if args.gpus > 1 else None
     single = config("single", 1)
     prompts = load_prompts(single.data, single.model, args.limit)
     check_lengths(prompts, single)
-    if len(prompts) < args.gpus:
+    if multi is not None and len(prompts) < args.gpus:
         raise UsageError(f"{len(prompts)} prompt(s) cannot keep {args.gpus} replicas busy; raise --limit")
     return Plan(single, multi, shardings, prompts)
 
@@ -119,8 +120,10 @@ def bench(plan: Plan, repeats: int, warmup: bool, out_dir: Path, console: Consol
     from evaluator.hosts import host_facts
     single, multi = plan.single, plan.multi
     host = host_facts(single.engine, single.device, single.cpu_cores_per_device)   # before any timed region
-    steps = [("bare", single), ("evaluator", single), ("bare", multi), ("evaluator", multi)]
-    steps += [("evaluator", dataclasses.replace(multi, sharding=m)) for m in plan.shardings if m != "contiguous"]
+    steps = [("bare", single), ("evaluator", single)]
+    if multi is not None:
+        steps += [("bare", multi), ("evaluator", multi)]
+        steps += [("evaluator", dataclasses.replace(multi, sharding=m)) for m in plan.shardings if m != "contiguous"]
     order = [label(k, c.layout, c.sharding) for k, c in steps]
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
@@ -128,8 +131,9 @@ def bench(plan: Plan, repeats: int, warmup: bool, out_dir: Path, console: Consol
     if warmup:
         # vLLM caches its compiled model per configuration and core binding: without this the
         # first engine of each binding compiles and every later one loads
-        console.print(f"warm-up (untimed) · bare {multi.layout}, {multi.dp} prompt(s)")
-        warmup_s = run_bare(multi, plan.prompts[:multi.dp], 0).wall_s
+        first = multi or single
+        console.print(f"warm-up (untimed) · bare {first.layout}, {first.dp} prompt(s)")
+        warmup_s = run_bare(first, plan.prompts[:first.dp], 0).wall_s
     ms = []
     for rep in range(1, repeats + 1):
         for i, (kind, cfg) in enumerate(steps):
@@ -146,11 +150,11 @@ def bench(plan: Plan, repeats: int, warmup: bool, out_dir: Path, console: Consol
         "config": {"engine": single.engine, "model": single.model, "data": single.data, "device": single.device,
                    "device_name": host.device_name, "versions": host.versions,
                    "prompts": len(plan.prompts), "max_tokens": s.max_tokens, "ignore_eos": s.ignore_eos,
-                   "dp": multi.dp, "repeats": repeats, "shardings": plan.shardings, "warmup_wall_s": warmup_s,
+                   "dp": multi.dp if multi else 1, "repeats": repeats, "shardings": plan.shardings, "warmup_wall_s": warmup_s,
                    "engine_kwargs": single.engine_kwargs, "max_model_len": single.max_model_len,
                    "cpu_memory_fraction": single.cpu_memory_fraction,
                    "cpu_cores_per_device": single.cpu_cores_per_device},
-        "order": order, "sections": sections(ms, multi.dp, plan.shardings),
+        "order": order, "sections": sections(ms, multi.dp if multi else 1, plan.shardings),
         "measurements": [{"name": m.name, **dataclasses.asdict(m)} for m in ms],
     }
 
@@ -168,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = plan_from_args(args)
     except (UsageError, DataError) as e:
         parser.exit(2, f"error: {e}\n")
-    kind = "startup" if args.startup_only else f"dp{plan.multi.dp}"
-    bench_id = f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{plan.multi.engine}-{kind}"
+    kind = "startup" if args.startup_only else (f"dp{plan.multi.dp}" if plan.multi else "1gpu")
+    bench_id = f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{plan.single.engine}-{kind}"
     out_dir = Path(args.out) / bench_id
     try:
         if args.startup_only:
@@ -177,8 +181,9 @@ def main(argv: list[str] | None = None) -> int:
             err.print(f"bench {bench_id}: start-up candidates, 1 device, {args.repeats} repeat(s) -> {out_dir}")
             report = startup_candidates(plan.single, plan.prompts, args.repeats, out_dir, err)
         else:
-            err.print(f"bench {bench_id}: {len(plan.prompts)} prompts, 1x1 vs {plan.multi.layout} on "
-                      f"{plan.multi.device}, {args.repeats} repeat(s) -> {out_dir}")
+            vs = f"1x1 vs {plan.multi.layout}" if plan.multi else "1x1 only (dp=N needs N devices; this run has 1)"
+            err.print(f"bench {bench_id}: {len(plan.prompts)} prompts, {vs} on {plan.single.device}, "
+                      f"{args.repeats} repeat(s) -> {out_dir}")
             report = bench(plan, args.repeats, not args.no_warmup, out_dir, err)
     except (BenchFailed, RunFailed, UsageError) as e:
         err.print(f"error: {e}", markup=False)

@@ -51,7 +51,8 @@ def sections(ms: list[Measurement], dp: int, shardings: list[str]) -> dict[str, 
     def per(fn) -> list[float]:
         return [fn(lambda name: by[(r, name)]) for r in repeats]
     out: dict[str, Any] = {"overhead": {}, "dp_scaling": {}, "straggler_gap": {}, "throughput": {}}
-    for lay in (single, multi):
+    layouts = (single, multi) if dp > 1 else (single,)
+    for lay in layouts:
         bare, ev = f"bare {lay}", f"evaluator {lay} contiguous"
         out["overhead"][f"generate_{lay}"] = stat(per(lambda g: g(ev).generate_s / g(bare).generate_s),
                                                   GOALS["overhead_generate"])
@@ -70,6 +71,8 @@ def sections(ms: list[Measurement], dp: int, shardings: list[str]) -> dict[str, 
             "ours_completion_tokens": [by[(r, ev)].completion_tokens for r in repeats],
             "engine_source": by[(repeats[0], bare)].engine["source"],
             "ours_source": "evaluator summary: completion tokens / slowest replica's generate_s"}
+    if dp == 1:     # one device: no dp=N to scale to or to straggle in
+        return out
     for kind, s_name, m_name in (("evaluator", f"evaluator {single} contiguous", f"evaluator {multi} contiguous"),
                                  ("bare", f"bare {single}", f"bare {multi}")):
         d = out["dp_scaling"]
@@ -101,7 +104,7 @@ def lines_of(report: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], str
         else:
             rows.append(("overhead", f"evaluator / bare {what} {lay}", s, "×"))
     d = sec["dp_scaling"]
-    for kind in ("evaluator", "bare"):
+    for kind in ("evaluator", "bare") if d else ():
         rows.append(("dp_scaling", f"{kind} generate 1x1 / ({multi} × {dp}) (1 = ideal)", d[f"generate_efficiency_{kind}"], "×"))
         rows.append(("dp_scaling", f"{kind} end-to-end speedup {multi} vs 1x1", d[f"end_to_end_speedup_{kind}"], "×"))
         rows.append(("dp_scaling", f"{kind} start-up {multi} / 1x1", d[f"startup_ratio_{kind}"], "×"))
@@ -138,6 +141,8 @@ def print_report(report: dict[str, Any], path: Path, console: Console) -> None:
                   f"{med('wall_s'):.1f}", str(of[0]["completion_tokens"]))
     console.print(m)
     print(f"note: {NOTE}")
+    if cfg["dp"] == 1:
+        print("dp_scaling, straggler_gap: not measured (dp=N needs N devices; this run had 1)")
     print(f"order of each repeat: {', '.join(report['order'])}"
           + (" (after one untimed warm-up start)" if cfg["warmup_wall_s"] is not None else ""))
     print("generate s: bare = slowest process's generate call; evaluator = driver side, first chunk sent to last "

@@ -3,8 +3,14 @@ on the same server, the same prompts and the same concurrency, back to back, as 
 must not be the bottleneck or bend the numbers: ours / theirs should be ~1 for output tok/s, mean
 TTFT and mean TPOT.
 
-One server is started through the same ServerReplica as a serving run; each repeat and level runs
-theirs then ours (the order alternates between repeats, so a warming server favours neither).
+One server is started through the same ServerReplica as a serving run and warmed by an untimed
+level of our client first (the first requests after a start are slower: a first measured client
+would pay for it); each repeat and level then runs theirs then ours (the order alternates between
+repeats). Beside both clients' figures the server's own mean TTFT over the same requests, from its
+Prometheus histogram (vllm:time_to_first_token_seconds, read before and after each client), is the
+referee: a client whose TTFT sits far above the server's is timing itself. --trust-env runs our
+client a third time with aiohttp's trust_env=True, as `vllm bench serve`'s session has it (netrc and
+proxy lookups per request, inside the TTFT clock).
 
     python -m evaluator.bench.serving --model models/tiny --data data/gsm8k_test.parquet \
         --concurrency 4 --limit 32 --max-tokens 64 --repeats 2
@@ -50,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-memory-fraction", type=float, default=0.2, help="CPU hosts: the server's KV cache share of RAM")
     p.add_argument("--max-model-len", type=int, help="engine context length")
     p.add_argument("--engine-kwargs", default="{}", metavar="JSON", help="engine arguments in the engine's own names")
+    p.add_argument("--trust-env", action="store_true",
+                   help="also run our client with aiohttp trust_env=True (what vllm bench serve's session does), "
+                        "to measure what that costs inside the TTFT clock")
+    p.add_argument("--no-warmup", action="store_true", help="no untimed warm-up level before the first measured client")
     p.add_argument("--out", default="results/bench", help="report to OUT/BENCH_ID/bench-serving.json")
     return p
 
@@ -84,16 +94,40 @@ def theirs(cfg, url: str, model_name: str, prompts, concurrency: int, work: Path
     return {ours: float(result[key]) for ours, key in METRICS} | {"completed": result.get("completed")}
 
 
-def ours(cfg, url: str, model_name: str, prompts, concurrency: int) -> dict[str, float]:
-    from evaluator.serve import chat_requests
+def ours(cfg, url: str, model_name: str, prompts, concurrency: int, trust_env: bool = False) -> dict[str, float]:
+    from evaluator.serve import Workload
     from evaluator.serving.client import Endpoints, run_level_sync
     from evaluator.serving.metrics import level_stats
     from evaluator.serving.records import Level
-    results, duration_s = run_level_sync(Endpoints([url]), chat_requests(prompts, cfg), Level("concurrency", concurrency),
-                                         cfg.sampling, model_name)
+    results, duration_s = run_level_sync(Endpoints([url]), Workload(cfg, prompts).requests,
+                                         Level("concurrency", concurrency), cfg.sampling, model_name,
+                                         trust_env=trust_env, health_interval_s=None)
     s = level_stats(results, duration_s, 1, None, None)
     return {"output_tok_s": s.output_tokens_per_s, "mean_ttft_ms": s.ttft_ms_mean, "mean_tpot_ms": s.tpot_ms_mean,
             "mean_itl_ms": s.itl_ms_mean, "completed": s.ok}
+
+
+def server_ttft(url: str) -> tuple[float, float] | None:
+    """(sum of seconds, count) of the server's own TTFT histogram, vllm:time_to_first_token_seconds."""
+    import urllib.request
+    from evaluator.serving.scrape import parse
+    try:
+        m = parse(urllib.request.urlopen(url + "/metrics", timeout=5).read().decode())
+    except OSError:
+        return None
+    if "vllm:time_to_first_token_seconds_count" not in m:
+        return None
+    return m["vllm:time_to_first_token_seconds_sum"], m["vllm:time_to_first_token_seconds_count"]
+
+
+def refereed(measure, url: str) -> dict[str, float]:
+    """A client's figures with the server's own mean TTFT over exactly its requests beside them."""
+    before = server_ttft(url)
+    got = measure()
+    after = server_ttft(url)
+    if before and after and after[1] > before[1]:
+        got["server_mean_ttft_ms"] = 1000 * (after[0] - before[0]) / (after[1] - before[1])
+    return got
 
 
 def run(args, out_dir: Path, console: Console) -> dict[str, Any]:
@@ -114,15 +148,25 @@ def run(args, out_dir: Path, console: Console) -> dict[str, Any]:
     try:
         pool.start()
         info = pool.members[0].info
-        console.print(f"server up in {info['startup_s']:.1f} s at {info['url']}")
+        url, name = info["url"], info["model_name"]
+        console.print(f"server up in {info['startup_s']:.1f} s at {url}")
+        if not args.no_warmup:
+            c = int(max(args.concurrency))
+            console.print(f"warm-up (untimed): our client at c={c}")
+            ours(cfg, url, name, prompts, c)
         for level in args.concurrency:
             c = int(level)
             for rep in range(1, args.repeats + 1):
                 order = ("theirs", "ours") if rep % 2 else ("ours", "theirs")
+                if args.trust_env:
+                    order += ("ours_trust_env",)
                 got = {}
                 for who in order:
-                    got[who] = (theirs(cfg, info["url"], info["model_name"], prompts, c, out_dir, f"vllm-c{c}-r{rep}")
-                                if who == "theirs" else ours(cfg, info["url"], info["model_name"], prompts, c))
+                    if who == "theirs":
+                        measure = lambda: theirs(cfg, url, name, prompts, c, out_dir, f"vllm-c{c}-r{rep}")
+                    else:
+                        measure = lambda: ours(cfg, url, name, prompts, c, trust_env=who == "ours_trust_env")
+                    got[who] = refereed(measure, url)
                     console.print(f"c={c} repeat {rep} {who}: " + ", ".join(f"{k} {v:.1f}" for k, v in got[who].items()
                                                                             if isinstance(v, float)))
                 rows.append({"concurrency": c, "repeat": rep, "order": list(order), **{w: got[w] for w in got}})
@@ -133,10 +177,17 @@ def run(args, out_dir: Path, console: Console) -> dict[str, Any]:
         mine = [r for r in rows if r["concurrency"] == int(level)]
         ratios[f"c={int(level)}"] = {k: _stat([r["ours"][k] / r["theirs"][k] for r in mine if r["theirs"][k]])
                                      for k, _ in METRICS}
+        # each client's mean TTFT over the server's own for the same requests (1 = no client cost)
+        for who in ("ours", "theirs", "ours_trust_env"):
+            values = [r[who]["mean_ttft_ms"] / r[who]["server_mean_ttft_ms"] for r in mine
+                      if who in r and r[who].get("server_mean_ttft_ms")]
+            if values:
+                ratios[f"c={int(level)}"][f"{who}_ttft_over_server"] = _stat(values)
     return {"bench_id": out_dir.name, "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "engine": cfg.engine, "model": cfg.model, "device_name": host.device_name, "versions": host.versions,
             "prompts": len(prompts), "max_tokens": cfg.sampling.max_tokens, "ignore_eos": cfg.sampling.ignore_eos,
-            "server_startup_s": info["startup_s"], "measurements": rows, "ours_over_theirs": ratios,
+            "server_startup_s": info["startup_s"], "warmup": not args.no_warmup, "trust_env": args.trust_env,
+            "measurements": rows, "ours_over_theirs": ratios,
             "command": "python -m evaluator.bench.serving " + " ".join(sys.argv[1:])}
 
 
@@ -158,6 +209,11 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             t.add_row(level, k, f"{s['median']:.3f}", f"{s['min']:.3f}–{s['max']:.3f}",
                       f"{statistics.median(r['ours'][k] for r in mine):.1f}",
                       f"{statistics.median(r['theirs'][k] for r in mine):.1f}")
+        for who in ("ours", "theirs", "ours_trust_env"):
+            s = by.get(f"{who}_ttft_over_server")
+            if s:
+                t.add_row(level, f"{who} mean TTFT / server's", f"{s['median']:.3f}", f"{s['min']:.3f}–{s['max']:.3f}",
+                          "", "")
     console.print(t)
     for level, by in report["ours_over_theirs"].items():
         for k, s in by.items():

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if compare_all or args.timing:
         compare(found, console, chosen=chosen, equivalence=compare_all, timing=True, show_flips=args.show_flips)
     if compare_all:
-        serving.print_levels(found, console)
+        serving.print_levels(found, console, args.gpu_hour_price)
     if (args.plot is not None or compare_all) and not args.no_plot:
         path = Path(args.plot) if args.plot else default_plot_path(args.paths[0])
         try:

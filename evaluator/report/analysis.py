@@ -190,60 +190,108 @@ def faster_until(layout: Cost, baseline: Cost) -> int | None:
     return last if last >= 1 else None
 
 
+def fastest_ranges(costs: list[Cost]) -> list[tuple[Cost, int, int | None]]:
+    """The lower envelope of the straight lines, from 1 prompt up: (layout, from, to) with to=None
+    for the last range. A tie goes to the layout with the smaller per-prompt time (it wins later)."""
+    if not costs:
+        raise AnalysisError("no layout to compare")
+    n, out = 1, []
+    current = min(costs, key=lambda c: (c.time_s(1), c.per_prompt_s))
+    while True:
+        later = [(first_count_faster(c, current), c) for c in costs
+                 if c is not current and c.per_prompt_s < current.per_prompt_s]
+        later = [(k, c) for k, c in later if k is not None]
+        if not later:
+            out.append((current, n, None))
+            return out
+        k, nxt = min(later, key=lambda x: (x[0], x[1].per_prompt_s))
+        k = max(k, n + 1)
+        out.append((current, n, k - 1))
+        n, current = k, nxt
+
+
 @dataclass(frozen=True)
 class Verdict:
+    """Which layout is fastest at the measured prompt count, and, by the straight-line model
+    time(n) = start-up + n x s/prompt of this one batch, which is fastest at every other count."""
     prompts: int
     fastest: Cost
-    overtaker: Cost | None       # the first other layout to become faster as the count grows
-    overtakes_from: int | None   # prompt count from which it is faster
+    ranges: tuple[tuple[Cost, int, int | None], ...]
     alone: bool = False          # the only layout measured on this workload
+    scope: str = ""              # what was compared ("vllm, cpu, warm starts, ...")
+
+    @property
+    def overtaker(self) -> Cost | None:
+        """The first layout to become faster than the fastest one as the count grows."""
+        after = [c for c, lo, _ in self.ranges if lo > self.prompts]
+        return after[0] if after else None
+
+    @property
+    def overtakes_from(self) -> int | None:
+        after = [lo for _, lo, _ in self.ranges if lo > self.prompts]
+        return after[0] if after else None
 
     @property
     def sentence(self) -> str:
+        scope = f" ({self.scope})" if self.scope else ""
         if self.alone:
-            return (f"For {self.prompts} prompts only {self.fastest.label} was measured "
+            return (f"For {self.prompts} prompts{scope} only {self.fastest.label} was measured "
                     f"({self.fastest.time_s(self.prompts):.1f} s); run other layouts to compare.")
-        head = (f"For {self.prompts} prompts {self.fastest.label} is fastest "
+        head = (f"Measured at {self.prompts} prompts{scope}: {self.fastest.label} is fastest "
                 f"({self.fastest.time_s(self.prompts):.1f} s: start-up {self.fastest.startup_s:.1f} s "
-                f"+ {self.prompts} x {self.fastest.per_prompt_s:.3f} s)")
-        if self.overtaker is None:
-            return head + "; no other layout overtakes it at any prompt count."
-        return head + f"; {self.overtaker.label} overtakes it from {self.overtakes_from} prompts on."
+                f"+ {self.prompts} x {self.fastest.per_prompt_s:.3f} s/prompt).")
+        if len(self.ranges) == 1:
+            tail = f"{self.fastest.label} at every prompt count"
+        else:
+            parts = []
+            for c, lo, hi in self.ranges:
+                parts.append(f"{c.label} " + (f"from {lo} on" if hi is None else f"up to {hi}" if lo == 1
+                                              else f"at {lo}" if lo == hi else f"from {lo} to {hi}"))
+            tail = ", ".join(parts)
+        return (f"{head} Estimated from this one batch size (time = start-up + n x s/prompt; a batch of another "
+                f"size runs more or fewer prompts at once and takes another time per prompt, so read counts far "
+                f"from {self.prompts} as estimates): {tail}.")
 
 
-def verdict(costs: list[Cost], prompts: int) -> Verdict:
-    """Which layout is fastest at this prompt count, and which one (if any) overtakes it first as
-    the count grows. Ties at this count go to the lower start-up (it wins at smaller counts)."""
+def verdict(costs: list[Cost], prompts: int, scope: str = "") -> Verdict:
+    """The fastest layout at this prompt count (ties: the lower start-up, which wins at smaller
+    counts) and the fastest at every count by the straight-line estimate."""
     if not costs:
         raise AnalysisError("no layout to compare")
     fastest = min(costs, key=lambda c: (c.time_s(prompts), c.startup_s))
-    best: tuple[int, Cost] | None = None
-    for c in costs:
-        if c is fastest:
-            continue
-        n = first_count_faster(c, fastest)
-        if n is not None and (best is None or n < best[0]):
-            best = (max(n, prompts + 1), c)
-    return Verdict(prompts=prompts, fastest=fastest, overtaker=best[1] if best else None,
-                   overtakes_from=best[0] if best else None, alone=len(costs) == 1)
+    return Verdict(prompts=prompts, fastest=fastest, ranges=tuple(fastest_ranges(costs)), alone=len(costs) == 1,
+                   scope=scope)
 
 
 # --- cost ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GpuCost:
-    """What a run cost in GPU time, start-up included (it is paid: the GPUs are held)."""
+    """What a run cost in GPU time: every second its devices were held, start-up included."""
     gpu_hours: float
     cost: float | None                       # gpu_hours x price, when a price is given
     cost_per_million_tokens: float | None    # per million output tokens
 
 
-def gpu_cost(gpus: int, startup_s: float, busy_s: float, output_tokens: int,
-             price_per_gpu_hour: float | None) -> GpuCost:
-    """gpus x (start-up + the time they worked) in hours; the price per GPU-hour turns it into
-    money, and over the run's output tokens into a price per million tokens."""
-    if gpus < 1 or startup_s < 0 or busy_s < 0 or output_tokens < 0:
-        raise ValueError("gpus >= 1, times and token count >= 0")
-    hours = gpus * (startup_s + busy_s) / 3600
+def gpu_cost(gpus: int, seconds: float, output_tokens: int, price_per_gpu_hour: float | None) -> GpuCost:
+    """gpus x seconds in hours; the price per GPU-hour turns it into money, and over the output
+    tokens into a price per million tokens."""
+    if gpus < 1 or seconds < 0 or output_tokens < 0:
+        raise ValueError("gpus >= 1, seconds and token count >= 0")
+    hours = gpus * seconds / 3600
     cost = hours * price_per_gpu_hour if price_per_gpu_hour is not None else None
     per_million = cost / output_tokens * 1e6 if cost is not None and output_tokens else None
     return GpuCost(hours, cost, per_million)
+
+
+def paid_s(attempts, wall_s: float) -> float:
+    """Every attempt's wall time (a killed one's until its last sign of life): the devices were
+    held, and paid for, through Ray's start, the engines' start, scoring, shutdown and the pauses
+    between serving levels, in every attempt, not only the last one's engine time."""
+    return sum(a.wall_s for a in attempts) if attempts else wall_s
+
+
+def cost_per_million_at(gpus: int, output_tokens_per_s: float, price_per_gpu_hour: float | None) -> float | None:
+    """The price of a million output tokens while the layout runs at this throughput."""
+    if price_per_gpu_hour is None or not output_tokens_per_s:
+        return None
+    return gpus * price_per_gpu_hour / 3600 / output_tokens_per_s * 1e6

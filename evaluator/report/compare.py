@@ -19,7 +19,8 @@ from rich.table import Table
 from evaluator.data import question_texts
 from evaluator.records import Sample
 from evaluator.report import analysis
-from evaluator.report.runs import (FoundRun, baseline_in_group, describe_group, groups, run_label)
+from evaluator.report.runs import (FoundRun, baseline_in_group, describe_group, describe_speed_group, groups,
+                                  run_label, speed_groups)
 from evaluator.store import RunDir
 
 
@@ -148,7 +149,9 @@ def print_timing(group: list[FoundRun], chosen: FoundRun | None, console: Consol
     console.print("straggler gap = (slowest - fastest replica generate s) / slowest; "
                   "faster than baseline = prompt counts at which the layout beats the baseline in total time "
                   "(from N: its extra start-up is repaid there).", style="dim")
-    console.print(analysis.verdict(list(costs.values()), group[0].summary.prompts).sentence, markup=False)
+    for g in speed_groups(group):
+        console.print(analysis.verdict(list(costs_of(g).values()), g[0].summary.prompts,
+                                       describe_speed_group(g)).sentence, markup=False, highlight=False)
 
 
 def print_flips(pairs: list[Pair], console: Console) -> None:
@@ -175,9 +178,12 @@ def print_flips(pairs: list[Pair], console: Console) -> None:
 
 def write_plot(runs: list[FoundRun], path: Path) -> Path:
     from evaluator.report.plot import Bar, plot_runs
+    nan = float("nan")           # not measured (serving traffic other than GSM8K): no point drawn
     bars = [Bar(label=run_label(r, runs).replace(" [", "\n["), startup_s=r.summary.startup_s,
-                generate_s=r.summary.generate_s, strict_accuracy=r.summary.strict_accuracy,
-                flexible_accuracy=r.summary.flexible_accuracy) for r in runs]
+                generate_s=r.summary.generate_s,
+                strict_accuracy=nan if r.summary.strict_accuracy is None else r.summary.strict_accuracy,
+                flexible_accuracy=nan if r.summary.flexible_accuracy is None else r.summary.flexible_accuracy)
+            for r in runs]
     engines = {r.summary.config.engine for r in runs}
     if len(engines) == 1:   # the engine in every label is noise when there is one
         bars = [Bar(b.label.split(" ", 1)[1], b.startup_s, b.generate_s, b.strict_accuracy, b.flexible_accuracy)

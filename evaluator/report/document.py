@@ -14,8 +14,8 @@ from rich.console import Console
 
 from evaluator.report import analysis
 from evaluator.report.compare import compare, costs_of, pairs_of, write_plot
-from evaluator.report.runs import FoundRun, groups, run_label
-from evaluator.report.serving import print_levels, sentence, serving_runs, write_tradeoff_plot
+from evaluator.report.runs import FoundRun, describe_speed_group, groups, run_label, speed_groups
+from evaluator.report.serving import level_columns, level_rows, print_levels, sentences, serving_runs, write_tradeoff_plot
 from evaluator.report.tables import columns, markdown, print_table, rows, write_csv
 
 
@@ -40,25 +40,42 @@ def _equivalence_md(found: list[FoundRun]) -> list[str]:
             "p ≥ 0.05: the accuracy difference can be noise (greedy decoding is not batch-invariant).", ""]
 
 
-def _timing_md(found: list[FoundRun]) -> list[str]:
-    out = []
-    for group in groups(found):
-        timed = [r for r in group if r.summary.config.workload == "offline" and not r.summary.resumed]
-        if not timed:
-            continue
-        v = analysis.verdict(list(costs_of(timed).values()), timed[0].summary.prompts)
-        out.append(v.sentence)
-    return (["## Batch: which layout finishes first", "", *out, ""]) if out else []
+def verdicts(found: list[FoundRun]) -> list[str]:
+    """One sentence per set of offline runs that measured the same thing the same way: one speed
+    key (engine, settings, device, environment, prompts) and one start state. Resumed runs time
+    part of their prompts and are left out."""
+    timed = [r for r in found if r.summary.config.workload == "offline" and not r.summary.resumed]
+    return [analysis.verdict(list(costs_of(g).values()), g[0].summary.prompts, describe_speed_group(g)).sentence
+            for g in speed_groups(timed)]
+
+
+def _timing_md(found: list[FoundRun], warmups: list[str]) -> list[str]:
+    out = verdicts(found)
+    if not out:
+        return []
+    note = ([f"Before the timed layouts, one untimed warm-up start each of {', '.join(warmups)}, so every timed start "
+             f"could reuse its compile cache."] if warmups else [])
+    return ["## Batch: which layout finishes first", "", *note, *([""] if note else []), *out, ""]
+
+
+def levels_md(found: list[FoundRun], price_per_gpu_hour: float | None) -> list[str]:
+    """The per-layout, per-level serving table as Markdown."""
+    cols = ["layout"] + [name for name, _ in level_columns(price_per_gpu_hour)]
+    body = ["| " + " | ".join(c.replace("|", "\\|") for c in [label, *cells]) + " |"
+            for label, cells in level_rows(found, price_per_gpu_hour)]
+    rule = "|" + "|".join("---" if c in ("layout", "level") else "---:" for c in cols) + "|"
+    return ["| " + " | ".join(cols) + " |", rule, *body, ""]
 
 
 def write_report(folder: Path, found: list[FoundRun], skipped: list[tuple[str, str]], console: Console,
-                 price_per_gpu_hour: float | None = None, title: str = "Layout comparison") -> list[Path]:
+                 price_per_gpu_hour: float | None = None, title: str = "Layout comparison",
+                 warmups: list[str] = ()) -> list[Path]:
     """Print the report and write report.md, report.csv and the PNGs into folder."""
     written = []
     if found:
         table_rows = print_table(found, console, title=title, price_per_gpu_hour=price_per_gpu_hour)
         compare(found, console)
-        print_levels(found, console)
+        print_levels(found, console, price_per_gpu_hour)
     else:
         table_rows = []
         console.print("no layout finished", style="red")
@@ -70,10 +87,10 @@ def write_report(folder: Path, found: list[FoundRun], skipped: list[tuple[str, s
         lines += [markdown(table_rows, columns(table_rows, price_per_gpu_hour is not None), "Runs"), ""]
     if skipped:
         lines += ["## Skipped or failed", "", *[f"- {label}: {why}" for label, why in skipped], ""]
-    lines += _equivalence_md(found) + _timing_md(found)
+    lines += _equivalence_md(found) + _timing_md(found, list(warmups))
     served = serving_runs(found)
     if served:
-        lines += ["## Serving", "", sentence(served), ""]
+        lines += ["## Serving", "", *sentences(served, price_per_gpu_hour), "", *levels_md(found, price_per_gpu_hour)]
         plot = write_tradeoff_plot(found, folder / "report-serving.png")
         written.append(plot)
         lines += ["![throughput against latency](report-serving.png)", ""]

@@ -2,7 +2,9 @@
 
 Two keys decide it. Runs with the same speed key measured the same work under the same settings
 that change speed (model and data by fingerprint, prompts, sampling, engine and its kwargs, context
-length, device, CPU budget, workload): only those share a baseline, a speedup, a break-even. Runs
+length, device, CPU budget, workload and its load levels, and the environment: engine and torch
+versions, device name and count): only those share a baseline, a speedup, a break-even, a verdict
+(which also keeps cold and warm starts apart: start_state). Runs
 with the same answer key answered the same prompts with the same model, sampling and context:
 those are paired answer by answer (engines may differ: that is what is being compared). A resumed
 run keeps its row but gives no speedup and is no baseline: its speed covers part of its prompts.
@@ -26,15 +28,19 @@ class FoundRun:
     summary: RunSummary
     path: Path
     fingerprint: str = ""             # short id of its data and model (config.json), "" when unknown
+    environment: tuple = ()           # (name, version) of its engine, torch, ray, device (config.json)
 
 
-def _fingerprint(folder: Path) -> str:
+def _recorded(folder: Path) -> tuple[str, tuple]:
+    """The data/model fingerprint's short id and the environment config.json recorded."""
     from evaluator.fingerprint import short
     try:
-        fp = json.loads((folder / CONFIG).read_text()).get("fingerprint")
+        saved = json.loads((folder / CONFIG).read_text())
     except (OSError, json.JSONDecodeError):
-        return ""
-    return short(fp) if fp else ""
+        return "", ()
+    # a quantised checkpoint answers the same questions as its base model: paired with it
+    fp, env = saved.get("answers_fingerprint") or saved.get("fingerprint"), saved.get("environment") or {}
+    return (short(fp) if fp else ""), tuple(sorted((k, v) for k, v in env.items() if k != "python"))
 
 
 def find_runs(*paths: str | Path) -> list[FoundRun]:
@@ -44,8 +50,10 @@ def find_runs(*paths: str | Path) -> list[FoundRun]:
     for path in map(Path, paths):
         files = [path] if path.is_file() else sorted(path.rglob(SUMMARY))
         for f in files:
+            if path.is_dir() and any(part.startswith(".") for part in f.relative_to(path).parts[:-1]):
+                continue                # hidden folders (a comparison's .warmup/) hold no runs to report
             try:
-                runs.append(FoundRun(RunSummary.from_dict(json.loads(f.read_text())), f.parent, _fingerprint(f.parent)))
+                runs.append(FoundRun(RunSummary.from_dict(json.loads(f.read_text())), f.parent, *_recorded(f.parent)))
             except (json.JSONDecodeError, KeyError, TypeError, RecordError) as e:
                 print(f"warning: skipping {f}: {e}", file=sys.stderr)
     return sorted(runs, key=lambda r: (r.summary.started_at, r.summary.run_id))
@@ -68,11 +76,44 @@ def _summary(run: FoundRun | RunSummary) -> RunSummary:
 
 
 def speed_key(run: FoundRun | RunSummary) -> tuple:
-    """Runs with the same key may be compared for speed (speedup, baseline, break-even)."""
+    """Runs with the same key may be compared for speed (speedup, baseline, break-even, verdict)."""
     s = _summary(run)
     c = s.config
-    return (_data_id(run), c.engine, s.prompts, c.sampling, c.device, c.cpu_cores_per_device,
-            c.cpu_memory_fraction, c.max_model_len, json.dumps(c.engine_kwargs, sort_keys=True), c.workload, c.serve)
+    env = run.environment if isinstance(run, FoundRun) else ()
+    return (_data_id(run), c.model, c.tokenizer, c.engine, s.prompts, c.sampling, c.device, c.cpu_cores_per_device,
+            c.cpu_memory_fraction, c.max_model_len, json.dumps(c.engine_kwargs, sort_keys=True), c.workload, c.serve,
+            c.deterministic, env)
+
+
+def start_state(run: FoundRun | RunSummary) -> str:
+    """cold / warm / none / unknown: start-ups of different states are never ranked together."""
+    return _summary(run).compile
+
+
+def speed_groups(runs: list[FoundRun]) -> list[list[FoundRun]]:
+    """Runs of one speed key and one start state, in order of first appearance."""
+    out: dict[tuple, list[FoundRun]] = {}
+    for r in runs:
+        out.setdefault((speed_key(r), start_state(r)), []).append(r)
+    return list(out.values())
+
+
+def describe_speed_group(group: list[FoundRun], with_state: bool = True) -> str:
+    """What a verdict compared, in words: engine, device, settings, start state, environment."""
+    s = group[0].summary
+    c = s.config
+    parts = [c.engine, s.device_name if c.device == "cuda" else f"cpu, {c.cpu_cores_per_device} core(s)/device"]
+    if c.engine_kwargs:
+        parts.append("engine kwargs " + json.dumps(c.engine_kwargs, sort_keys=True))
+    if c.max_model_len:
+        parts.append(f"context {c.max_model_len}")
+    if c.deterministic:
+        parts.append("deterministic mode")
+    if with_state:
+        parts.append({"cold": "cold starts (compiled)", "warm": "warm starts (compile cache reused)",
+                      "none": "starts with nothing to compile"}.get(start_state(group[0]), "start state unknown"))
+    versions = [f"{k} {v}" for k, v in (group[0].environment or ()) if k == c.engine]
+    return ", ".join(parts + versions)
 
 
 def answer_key(run: FoundRun | RunSummary) -> tuple:
@@ -83,7 +124,14 @@ def answer_key(run: FoundRun | RunSummary) -> tuple:
 
 
 def baseline_for(run: FoundRun, runs: list[FoundRun]) -> FoundRun | None:
-    """The latest single-device, not resumed run with the same speed key."""
+    """The latest single-device, not resumed run with the same speed key; for a quantised
+    checkpoint (base_model), its base model's single-device run of the same engine and workload."""
+    c = run.summary.config
+    if c.base_model:
+        bases = [r for r in runs if r.summary.config.model == c.base_model and r.summary.config.engine == c.engine
+                 and r.summary.config.workload == c.workload and r.summary.config.dp * r.summary.config.tp == 1
+                 and not r.summary.resumed and answer_key(r) == answer_key(run)]
+        return bases[-1] if bases else None
     singles = [r for r in runs if r.summary.config.dp * r.summary.config.tp == 1 and not r.summary.resumed
                and speed_key(r) == speed_key(run)]
     return singles[-1] if singles else None
@@ -92,6 +140,8 @@ def baseline_for(run: FoundRun, runs: list[FoundRun]) -> FoundRun | None:
 def layout_label(run: RunSummary) -> str:
     c = run.config
     label = f"{c.dp}x{c.tp}"
+    if c.base_model:
+        label += f" {Path(c.model).name}"
     if c.dp_backend == "native":
         label += " native"
     if c.sharding != "contiguous":
@@ -108,9 +158,12 @@ def run_label(run: FoundRun, group: list[FoundRun]) -> str:
 
 
 def groups(runs: list[FoundRun]) -> list[list[FoundRun]]:
-    """Runs that can be paired (answer_key), in order of first appearance."""
+    """Runs that can be paired (answer_key), in order of first appearance; runs that scored no
+    answers (serving traffic other than GSM8K) pair with nothing."""
     out: dict[tuple, list[FoundRun]] = {}
     for r in runs:
+        if r.summary.strict_accuracy is None:
+            continue
         out.setdefault(answer_key(r), []).append(r)
     return list(out.values())
 

@@ -27,6 +27,11 @@ def _f(v, fmt) -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def _server(level: dict, key: str):
+    """What the servers' /metrics said over the level (None where they did not say)."""
+    return (level.get("server") or {}).get(key)
+
+
 LEVEL_COLUMNS = [
     ("level", lambda l: l["level"]), ("requests", lambda l: str(l["requests"])),
     ("err/retry", lambda l: f"{l['errors']}/{l['retries']}"), ("req/s", lambda l: _f(l["request_per_s"], ".2f")),
@@ -38,27 +43,56 @@ LEVEL_COLUMNS = [
     ("ITL p50/p99 ms", lambda l: f"{_ms(l['itl_ms_p50'])}/{_ms(l['itl_ms_p99'])}"),
     ("E2E p50/p99 ms", lambda l: f"{_ms(l['e2e_ms_p50'])}/{_ms(l['e2e_ms_p99'])}"),
     ("goodput req/s", lambda l: _f(l["goodput_rps"], ".2f")),
-    ("flex acc", lambda l: f"{l['flexible_accuracy']:.3f}"),
+    ("in/out tok mean", lambda l: f"{_f(l.get('prompt_tokens_mean'), '.0f')}/{_f(l.get('output_tokens_mean'), '.0f')}"),
+    ("send lag p99 ms", lambda l: _f(l.get("send_lag_ms_p99"), ".1f")),
+    ("server TTFT ms", lambda l: _f(_server(l, "server_ttft_ms_mean"), ".1f")),
+    ("run/wait max", lambda l: f"{_f(_server(l, 'running_max'), '.0f')}/{_f(_server(l, 'waiting_max'), '.0f')}"),
+    ("KV use max", lambda l: "-" if _server(l, "kv_usage_max") is None else f"{100 * _server(l, 'kv_usage_max'):.0f}%"),
+    ("preempt", lambda l: _f(_server(l, "preemptions"), ".0f")),
+    ("flex acc", lambda l: "-" if l.get("flexible_accuracy") is None else f"{l['flexible_accuracy']:.3f}"),
 ]
 
 
-def print_levels(runs: list[FoundRun], console: Console) -> None:
+def level_columns(price_per_gpu_hour: float | None) -> list[tuple[str, object]]:
+    """The per-level columns; with a price, what a million output tokens cost at that level's
+    throughput (serving cost is per level: c=1 and c=256 of one run are not one price)."""
+    from evaluator.report.analysis import cost_per_million_at
+    cols = list(LEVEL_COLUMNS)
+    if price_per_gpu_hour is not None:
+        cols.append(("cost/M tok", lambda l: _f(cost_per_million_at(l["gpus"], l["output_tokens_per_s"],
+                                                                    price_per_gpu_hour), ".2f")))
+    return cols
+
+
+def level_rows(runs: list[FoundRun], price_per_gpu_hour: float | None = None) -> list[tuple[str, list[str]]]:
+    served = serving_runs(runs)
+    cols = level_columns(price_per_gpu_hour)
+    out = []
+    for r in served:
+        for i, level in enumerate(r.summary.levels):
+            out.append((run_label(r, served) if i == 0 else "", [cell(level) for _, cell in cols]))
+    return out
+
+
+def print_levels(runs: list[FoundRun], console: Console, price_per_gpu_hour: float | None = None) -> None:
     served = serving_runs(runs)
     if not served:
         return
     t = Table(title="Serving: per layout and load level")
     t.add_column("layout", justify="left")
-    for name, _ in LEVEL_COLUMNS:
+    cols = level_columns(price_per_gpu_hour)
+    for name, _ in cols:
         t.add_column(name, justify="left" if name == "level" else "right")
     for r in served:
         for i, level in enumerate(r.summary.levels):
-            t.add_row(run_label(r, served) if i == 0 else "", *(cell(level) for _, cell in LEVEL_COLUMNS),
+            t.add_row(run_label(r, served) if i == 0 else "", *(cell(level) for _, cell in cols),
                       end_section=i == len(r.summary.levels) - 1)
     console.print(t)
     console.print("TTFT = request sent to first token; TPOT = (end-to-end - TTFT) / (output tokens - 1); ITL = "
                   "gaps between streamed chunks; tok/s/user = mean 1/TPOT; goodput = requests/s meeting every SLO "
                   "given (= req/s without SLOs); tokens from the server's usage.", style="dim", highlight=False)
-    console.print(sentence(served), highlight=False, markup=False)
+    for line in sentences(served, price_per_gpu_hour):
+        console.print(line, highlight=False, markup=False)
 
 
 def _slo_text(r: FoundRun) -> str:
@@ -67,32 +101,121 @@ def _slo_text(r: FoundRun) -> str:
     return " and ".join(p for p in parts if p)
 
 
-def sentence(served: list[FoundRun]) -> str:
-    """Which layout gives the most goodput per GPU (under the SLOs when given, else the most output
-    tok/s per GPU), and which has the lowest median TPOT at the lightest load."""
-    if not served:
-        return ""
-    slo = _slo_text(served[0])
+def _gpus(r: FoundRun) -> int:
+    return r.summary.config.dp * r.summary.config.tp
 
-    def gpus(r: FoundRun) -> int:
-        return r.summary.config.dp * r.summary.config.tp
+
+def group_sentence(group: list[FoundRun]) -> str:
+    """For serving runs of one speed key (same engine, settings, traffic, levels and SLOs): which
+    layout gives the most goodput per GPU under the SLOs (else the most output tok/s per GPU), and,
+    at the lightest load of each kind (concurrency levels and rate levels apart), which has the
+    lowest median TPOT."""
+    slo = _slo_text(group[0])
+    pairs = [(r, l) for r in group for l in r.summary.levels]
     if slo:
-        best = max(((r, l) for r in served for l in r.summary.levels), key=lambda x: x[1]["goodput_rps"] / gpus(x[0]))
-        r, l = best
-        head = (f"Under {slo}, {run_label(r, served)} gives the most goodput per GPU "
-                f"({l['goodput_rps'] / gpus(r):.2f} req/s/GPU at {l['level']})")
+        r, l = max(pairs, key=lambda x: x[1]["goodput_rps"] / _gpus(x[0]))
+        head = (f"Under {slo}, {run_label(r, group)} gives the most goodput per GPU "
+                f"({l['goodput_rps'] / _gpus(r):.2f} req/s/GPU at {l['level']})")
     else:
-        best = max(((r, l) for r in served for l in r.summary.levels), key=lambda x: x[1]["output_tokens_per_s_per_gpu"])
-        r, l = best
-        head = (f"{run_label(r, served)} gives the most output per GPU "
+        r, l = max(pairs, key=lambda x: x[1]["output_tokens_per_s_per_gpu"])
+        head = (f"{run_label(r, group)} gives the most output per GPU "
                 f"({l['output_tokens_per_s_per_gpu']:.0f} tok/s/GPU at {l['level']}; give --slo-ttft-ms / "
                 f"--slo-tpot-ms to rank by goodput)")
-    lightest = min(l["level_value"] for r in served for l in r.summary.levels)
-    at = [(r, l) for r in served for l in r.summary.levels if l["level_value"] == lightest and l["tpot_ms_p50"] is not None]
-    if at:
-        r, l = min(at, key=lambda x: x[1]["tpot_ms_p50"])
-        head += f"; at {l['level']}, {run_label(r, served)} has the lowest median TPOT ({l['tpot_ms_p50']:.1f} ms)"
+    for kind in dict.fromkeys(l["level_kind"] for _, l in pairs):
+        of_kind = [(r, l) for r, l in pairs if l["level_kind"] == kind]
+        lightest = min(l["level_value"] for _, l in of_kind)
+        at = [(r, l) for r, l in of_kind if l["level_value"] == lightest and l["tpot_ms_p50"] is not None]
+        if at and len(group) > 1:
+            r, l = min(at, key=lambda x: x[1]["tpot_ms_p50"])
+            head += f"; at {l['level']}, {run_label(r, group)} has the lowest median TPOT ({l['tpot_ms_p50']:.1f} ms)"
     return head + "."
+
+
+def sentences(served: list[FoundRun], price_per_gpu_hour: float | None = None) -> list[str]:
+    """One sentence per set of serving runs that measured the same thing the same way, each saying
+    what it compared (runs of other engines, settings, traffic or SLOs are never ranked together)."""
+    from evaluator.report.runs import describe_speed_group, speed_key
+    groups: dict[tuple, list[FoundRun]] = {}
+    for r in served:
+        groups.setdefault(speed_key(r), []).append(r)
+    out = []
+    for group in groups.values():
+        scope = describe_speed_group(group, with_state=False)
+        out.append(f"({scope}; {describe_traffic(group[0])}) {group_sentence(group)}")
+        for extra in (capacity_sentence(group, price_per_gpu_hour), why_sentence(group)):
+            if extra:
+                out.append(extra)
+    return out
+
+
+def sentence(served: list[FoundRun], price_per_gpu_hour: float | None = None) -> str:
+    return " ".join(sentences(served, price_per_gpu_hour))
+
+
+def describe_traffic(r: FoundRun) -> str:
+    """What the load was: GSM8K (and how many prompts a level sent at most) or the traffic's name
+    and shape (mean and p90 tokens in, out)."""
+    t, s = r.summary.traffic or {}, r.summary
+    if not t or t.get("name", "gsm8k") == "gsm8k":
+        return f"GSM8K, up to {s.prompts} prompts a level"
+    out = (f"{t['max_tokens_mean']:,.0f} out (p90 {t['max_tokens_p90']:,.0f})" if t.get("max_tokens_mean")
+           else "output until EOS")
+    return (f"{t['name']}: {t.get('requests', '?')} requests, mean {t.get('prompt_tokens_mean') or 0:,.0f} in "
+            f"(p90 {t.get('prompt_tokens_p90') or 0:,.0f}) / {out}")
+
+
+def why_sentence(group: list[FoundRun]) -> str | None:
+    """What the servers said at the heaviest load every run of the group sent: how many requests
+    each layout queued and preempted, and how full its KV cache got: the reason one holds more."""
+    common = None
+    for r in group:
+        labels = {l["level"] for l in r.summary.levels if l.get("server")}
+        common = labels if common is None else common & labels
+    if not common:
+        return None
+    heaviest = max(common, key=lambda lab: next(l["level_value"] for l in group[0].summary.levels if l["level"] == lab))
+    parts = []
+    for r in group:
+        srv = next(l for l in r.summary.levels if l["level"] == heaviest)["server"]
+        bits = []
+        if srv.get("preemptions"):
+            bits.append(f"preempted {srv['preemptions']:.0f}")
+        waiting = srv.get("waiting_max")
+        if waiting is not None:
+            bits.append(f"queued up to {waiting:.0f}" if waiting else "queued none")
+        if srv.get("kv_usage_max") is not None:
+            bits.append(f"KV cache up to {100 * srv['kv_usage_max']:.0f}% used")
+        if srv.get("prefix_hit_rate") is not None:
+            bits.append(f"prefix-cache hits {100 * srv['prefix_hit_rate']:.0f}%")
+        if bits:
+            parts.append(f"{run_label(r, group)} {', '.join(bits)}")
+    return f"At {heaviest} (the servers' own metrics): " + "; ".join(parts) + "." if parts else None
+
+
+def capacity_sentence(group: list[FoundRun], price_per_gpu_hour: float | None = None) -> str | None:
+    """"Under TTFT p90 <= 1000 ms and TPOT p90 <= 50 ms: 1x2 holds 14.2 req/s (7.1 per GPU, bracket
+    13.5-14.9), ..." for the runs of the group that searched their capacity, best per GPU first."""
+    from evaluator.report.analysis import cost_per_million_at
+    found = [r for r in group if r.summary.capacity]
+    if not found:
+        return None
+    sv = found[0].summary.config.serve
+    q = f"p{sv.slo_percentile:g}"
+    slo = " and ".join(x for x in (f"TTFT {q} ≤ {sv.slo_ttft_ms:g} ms" if sv.slo_ttft_ms else "",
+                                   f"TPOT {q} ≤ {sv.slo_tpot_ms:g} ms" if sv.slo_tpot_ms else "") if x)
+    found.sort(key=lambda r: -((r.summary.capacity or {}).get("per_gpu") or 0))
+    parts = []
+    for r in found:
+        c = r.summary.capacity
+        if c["rate"] is None:
+            parts.append(f"{run_label(r, group)} holds none of the rates tried (lowest {c['lowest_failed']:g} req/s)")
+            continue
+        top = f"{c['lowest_failed']:g}" if c["lowest_failed"] is not None else "not reached"
+        cost = cost_per_million_at(_gpus(r), c.get("output_tokens_per_s") or 0, price_per_gpu_hour)
+        parts.append(f"{run_label(r, group)} holds {c['rate']:g} req/s ({c['per_gpu']:.3g} per GPU, bracket "
+                     f"{c['rate']:g}–{top}{'' if c['converged'] else ', not converged'}"
+                     + (f", {cost:.2f} per million output tokens" if cost is not None else "") + ")")
+    return f"For {describe_traffic(found[0])}, under {slo}: " + "; ".join(parts) + "."
 
 
 @dataclass(frozen=True)

@@ -68,13 +68,25 @@ class LevelStats:
     slo_ttft_ms: float | None = None
     slo_tpot_ms: float | None = None
     slo_e2e_ms: float | None = None
+    timeouts: int = 0                 # no answer in time from a server that stayed healthy (among errors)
+    throttled: int = 0                # 429/408 back-offs over all requests
+    send_lag_ms_p50: float | None = None   # sent - due: the client keeping up with its own schedule
+    send_lag_ms_p99: float | None = None
+    first_answer_ms_p50: float | None = None   # first answer (content) token; differs from TTFT for reasoning models
+    prompt_tokens_mean: float | None = None    # the traffic this level measured (server's usage, ok requests)
+    prompt_tokens_p50: float | None = None
+    prompt_tokens_p90: float | None = None
+    output_tokens_mean: float | None = None
+    output_tokens_p50: float | None = None
+    output_tokens_p90: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LevelStats":
-        return cls(**d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def _meets(r: RequestResult, slo_ttft_ms: float | None, slo_tpot_ms: float | None, slo_e2e_ms: float | None) -> bool:
@@ -110,6 +122,7 @@ def level_stats(results: Sequence[RequestResult], duration_s: float, gpus: int, 
     if gpus < 1:
         raise ValueError(f"gpus must be at least 1, got {gpus}")
     ok = [r for r in results if r.ok]
+    lags = [r.send_lag_s for r in results if r.send_lag_s is not None]
     tpots = [r.tpot_s for r in ok if r.tpot_s is not None]
     good = sum(_meets(r, slo_ttft_ms, slo_tpot_ms, slo_e2e_ms) for r in results)
     out_tok_per_s = sum(r.completion_tokens for r in ok) / duration_s
@@ -129,4 +142,18 @@ def level_stats(results: Sequence[RequestResult], duration_s: float, gpus: int, 
         **_spread("e2e", [r.e2e_s for r in ok if r.e2e_s is not None]),
         goodput_rps=good / duration_s, slo_met=good / len(results),
         slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms, slo_e2e_ms=slo_e2e_ms,
+        timeouts=sum(r.timed_out for r in results), throttled=sum(r.throttled for r in results),
+        send_lag_ms_p50=_ms_percentile(lags, 50), send_lag_ms_p99=_ms_percentile(lags, 99),
+        first_answer_ms_p50=_ms_percentile([r.first_answer_s for r in ok if r.first_answer_s is not None], 50),
+        **_tokens("prompt_tokens", [r.prompt_tokens for r in ok]),
+        **_tokens("output_tokens", [r.completion_tokens for r in ok]),
     )
+
+
+def _ms_percentile(values_s: list[float], q: float) -> float | None:
+    return None if not values_s else percentile([v * 1000 for v in values_s], q)
+
+
+def _tokens(prefix: str, counts: list[int]) -> dict[str, float | None]:
+    return {f"{prefix}_mean": _mean(counts), f"{prefix}_p50": percentile(counts, 50),
+            f"{prefix}_p90": percentile(counts, 90)}

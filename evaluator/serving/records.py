@@ -11,22 +11,32 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-LEVEL_KINDS = ("concurrency", "rate")
+LEVEL_KINDS = ("concurrency", "rate", "replay")
 
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """One request of a level; the index survives routing, retries and the out-of-order finish."""
+    """One request of a level; the index survives routing, retries and the out-of-order finish.
+
+    A request of a session (a multi-turn conversation) carries only its own turn's messages: the
+    client sends turn k after turn k-1's answer came back, with the whole conversation so far
+    (earlier turns' messages and the answers the server gave) before them."""
     index: int
     messages: tuple[dict, ...]        # chat messages, {"role": ..., "content": ...}
     seed: int | None = None           # sent as the request's `seed` only when set
+    max_tokens: int | None = None     # this request's own output length (None: the run's --max-tokens)
+    ignore_eos: bool | None = None    # None: the run's --ignore-eos
+    session: str | None = None
+    turn: int = 0
+    at_s: float | None = None         # replay: arrival, seconds from the trace's start (before scaling)
 
 
 @dataclass(frozen=True)
 class Level:
-    """How hard to push: N requests in flight, or Poisson arrivals at R requests/s (inf: all at once)."""
-    kind: str                         # "concurrency" | "rate"
-    value: float                      # N in flight, or requests/s; inf = all at once
+    """How hard to push: N requests in flight, Poisson arrivals at R requests/s (inf: all at once),
+    or a trace's own arrival times replayed at S times their speed (replay=2x: twice as fast)."""
+    kind: str                         # "concurrency" | "rate" | "replay"
+    value: float                      # N in flight, requests/s (inf = all at once), or the replay speed
 
     def __post_init__(self) -> None:
         if self.kind not in LEVEL_KINDS:
@@ -35,6 +45,8 @@ class Level:
             raise ValueError(f"concurrency must be a whole number >= 1 (or inf), got {self.value!r}")
         if self.kind == "rate" and not self.value > 0:
             raise ValueError(f"rate must be > 0 requests/s (inf: all at once), got {self.value!r}")
+        if self.kind == "replay" and not (self.value > 0 and math.isfinite(self.value)):
+            raise ValueError(f"replay speed must be a positive number, got {self.value!r}")
 
     @property
     def label(self) -> str:
@@ -46,6 +58,8 @@ class Level:
             number = str(int(self.value)) if self.value == int(self.value) else repr(self.value)
         if self.kind == "concurrency":
             return f"c={number}"
+        if self.kind == "replay":
+            return f"replay={number}x"
         return "rate=inf" if number == "inf" else f"rate={number}/s"
 
     @classmethod
@@ -55,6 +69,8 @@ class Level:
             return cls("concurrency", float(label[2:]))
         if label.startswith("rate="):
             return cls("rate", float(label[5:].removesuffix("/s")))
+        if label.startswith("replay="):
+            return cls("replay", float(label[7:].removesuffix("x")))
         raise ValueError(f"not a level label: {label!r}")
 
 
@@ -67,15 +83,24 @@ class RequestResult:
     replica: int                      # endpoint rank of the attempt that finished; -1: never sent
     ok: bool
     error: str | None
-    rejected: bool                    # server refused it as invalid (HTTP 4xx): bad input, never retried
-    retries: int
+    rejected: bool                    # server refused it as invalid (HTTP 4xx but 408/429): bad input, never retried
+    retries: int                      # attempts re-sent after a failure (a dead server, a cut stream)
     sent_s: float                     # first send, seconds from level start
-    ttft_s: float | None              # first send -> first content token
-    itl_s: tuple[float, ...]          # gaps between successive content chunks of the final attempt
+    ttft_s: float | None              # first send -> first token of any kind (answer, reasoning, tool call)
+    itl_s: tuple[float, ...]          # gaps between successive token chunks of the final attempt
     e2e_s: float | None               # first send -> last byte
     prompt_tokens: int                # from the server's `usage`, never counted from chunks
     completion_tokens: int            # idem; 0 when the stream had no usage (then ok is False)
-    text: str
+    text: str                         # the answer (content deltas only)
+    scheduled_s: float | None = None  # when it was due, seconds from level start (sent_s - scheduled_s: send lag)
+    first_answer_s: float | None = None   # first send -> first answer (content) token; later than ttft_s
+    #                                       for a reasoning model, which streams its reasoning first
+    timed_out: bool = False           # no answer within the request timeout on a server that was still healthy
+    throttled: int = 0                # times the server said 429/408 (overloaded, rate limited) and we backed off
+    status: int | None = None         # the last HTTP status that failed it, when one did
+    session: str | None = None
+    turn: int = 0
+    reasoning: str = ""               # reasoning deltas, kept apart from the answer
 
     @property
     def tpot_s(self) -> float | None:
@@ -89,8 +114,17 @@ class RequestResult:
         d["itl_s"] = list(self.itl_s)
         return d
 
+    @property
+    def send_lag_s(self) -> float | None:
+        return None if self.scheduled_s is None else self.sent_s - self.scheduled_s
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RequestResult":
+        """Reads what this version writes and what earlier ones wrote (without the later fields)."""
         d = dict(d)
         d["itl_s"] = tuple(d["itl_s"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"request record: unknown field(s) {', '.join(unknown)} (written by a newer version?)")
         return cls(**d)

