@@ -9,6 +9,7 @@ with one line before any engine starts, and nothing is written.
 """
 from __future__ import annotations
 
+import errno
 import json
 import sys
 
@@ -96,8 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     from evaluator.report.runs import load_runs
 
     if not args.resume:
-        run_dir.write_config(cfg, {"run_id": run_id, "fingerprint": now, "environment": env_now,
-                                   **answers_fingerprint(cfg)})
+        try:
+            run_dir.write_config(cfg, {"run_id": run_id, "fingerprint": now, "environment": env_now,
+                                       **answers_fingerprint(cfg)})
+        except OSError as e:
+            _say(err, "error:", "red", f"cannot write to {run_dir.path}: {e.strerror}")
+            return 1
     err.print(f"run {run_id}: {cfg.engine} {cfg.workload} {cfg.mode} dp={cfg.dp} tp={cfg.tp} on {cfg.device}, "
               f"{len(prompts)} prompts -> {run_dir.path}")
     try:
@@ -116,6 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, Interrupted):
         err.print(f"[yellow]interrupted[/]: every engine was shut down; resume: python -m evaluator --resume {run_dir.path}")
         return 130
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        _say(err, "error:", "red", f"cannot write to {run_dir.path}: {e.strerror} (the disk holding it is full or "
+                                   f"read-only); every engine was shut down and what finished is kept whole; free "
+                                   f"space, then resume: python -m evaluator --resume {run_dir.path}")
+        return 1
     for line in summary.failures:
         _say(err, "replica failure:", "yellow", line)
     if not args.no_table:

@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quantised checkpoints of --model (GGUF files) to run as single-device rows of every engine "
                         "that loads them: speed, memory and answers against the model itself (McNemar); an engine "
                         "that cannot load one is listed as skipped with the reason")
+    p.add_argument("--engine-kwargs-for", action="append", default=[], metavar="ENGINE=JSON",
+                   help="engine arguments for one engine's layouts, in its own names, instead of the --engine-kwargs "
+                        "after -- (repeatable), e.g. sglang='{\"attention_backend\": \"triton\"}' hf='{}'")
     p.add_argument("--no-warmup", action="store_true",
                    help="no untimed warm-up start before the timed layouts of an engine that compiles (the "
                         "first timed start then compiles, and cold and warm starts are ranked apart)")
@@ -127,11 +130,35 @@ def layout_config(base: argparse.Namespace, c: Candidate, workload: str, model: 
     return config_from_args(args)
 
 
+def engine_kwargs_for(items: list[str], engines: list[str]) -> dict[str, str]:
+    """ENGINE=JSON items -> {engine: JSON text}, each checked to be a JSON object."""
+    out = {}
+    for item in items:
+        engine, sep, text = item.partition("=")
+        if not sep or engine not in engines:
+            raise UsageError(f"--engine-kwargs-for {item!r}: give ENGINE=JSON for one of {', '.join(engines)}")
+        try:
+            if not isinstance(json.loads(text), dict):
+                raise ValueError
+        except ValueError:
+            raise UsageError(f"--engine-kwargs-for {item!r}: the part after = must be a JSON object") from None
+        out[engine] = text
+    return out
+
+
 def plan(engines: list[str], gpus: int, modes: tuple[str, ...], native: bool, workloads: list[str],
-         model: str, data: str, out: Path, passthrough: list[str], quantized: list[str] = ()) -> list[Planned]:
-    """Every candidate layout for every workload, each built and checked by the run's own code."""
+         model: str, data: str, out: Path, passthrough: list[str], quantized: list[str] = (),
+         per_engine: dict[str, str] | None = None) -> list[Planned]:
+    """Every candidate layout for every workload, each built and checked by the run's own code;
+    per_engine: --engine-kwargs text for some engines instead of the common one."""
     from evaluator.cli import typed_serving_flags
-    base = evaluator_args(passthrough)
+    common = evaluator_args(passthrough)
+    per_engine = per_engine or {}
+
+    def base_for(engine: str) -> argparse.Namespace:
+        return argparse.Namespace(**{**vars(common), **({"engine_kwargs": per_engine[engine]}
+                                                        if engine in per_engine else {})})
+    base = common
     typed = typed_serving_flags(base)
     if typed and "serve" not in workloads:
         raise UsageError(f"{', '.join(typed)} after -- are for serving runs: use --workload serve or both")
@@ -141,8 +168,8 @@ def plan(engines: list[str], gpus: int, modes: tuple[str, ...], native: bool, wo
             run_id = c.name + ("-serve" if workload == "serve" else "")
             label = c.label + (" serve" if workload == "serve" else "")
             try:
-                out_list.append(Planned(label, workload, run_id, layout_config(base, c, workload, model, data, out,
-                                                                                run_id)))
+                out_list.append(Planned(label, workload, run_id, layout_config(base_for(c.engine), c, workload, model,
+                                                                                data, out, run_id)))
             except UsageError as e:
                 out_list.append(Planned(label, workload, run_id, None, str(e)))
         for q in quantized:
@@ -152,7 +179,8 @@ def plan(engines: list[str], gpus: int, modes: tuple[str, ...], native: bool, wo
                 run_id = f"{c.name}-{stem}" + ("-serve" if workload == "serve" else "")
                 label = f"{c.label} {Path(q).name}" + (" serve" if workload == "serve" else "")
                 try:
-                    cfg = layout_config(base, c, workload, model, data, out, run_id, quantized=str(Path(q).resolve()))
+                    cfg = layout_config(base_for(engine), c, workload, model, data, out, run_id,
+                                        quantized=str(Path(q).resolve()))
                     out_list.append(Planned(label, workload, run_id, cfg))
                 except UsageError as e:
                     out_list.append(Planned(label, workload, run_id, None, str(e)))
@@ -303,7 +331,7 @@ def plan_from(args: argparse.Namespace, passthrough: list[str], out: Path) -> li
         if not Path(q).is_file():
             raise UsageError(f"--quantized {q}: no such file")
     return plan(engines, args.gpus, modes, not args.no_native, workloads, args.model, str(Path(args.data).resolve()),
-                out.resolve(), passthrough, quantized)
+                out.resolve(), passthrough, quantized, engine_kwargs_for(args.engine_kwargs_for, engines))
 
 
 def main(argv: list[str] | None = None) -> int:

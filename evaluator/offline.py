@@ -20,7 +20,7 @@ from evaluator.errors import RunFailed, UsageError
 from evaluator.events import ChunkDone, EnginesClosed, GenerationStarted, Listener, ignore
 from evaluator.hosts import HostFacts
 from evaluator.pool import ReplicaPool, actor_env, cause, engine_spec, reason, replica_count
-from evaluator.records import Completion, Prompt, ReplicaTiming, RunConfig, RunSummary
+from evaluator.records import Completion, Prompt, ReplicaTiming, RunConfig, RunSummary, Sample
 from evaluator.scoring import score_samples
 from evaluator.sharding import Chunk, make_chunks
 from evaluator.store import RunDir
@@ -41,15 +41,17 @@ class Work:
 
 
 class OfflineDriver:
-    def __init__(self, cfg: RunConfig, run_dir: RunDir, attempt: int, listener: Listener, actor_cls: type):
+    def __init__(self, cfg: RunConfig, run_dir: RunDir, attempt: int, listener: Listener, actor_cls: type,
+                 golds: dict[int, str] | None = None):
         self.cfg, self.run_dir, self.attempt, self.listener = cfg, run_dir, attempt, listener
+        self.golds = golds or {}
         spec = engine_spec(cfg)
         self.pool = ReplicaPool(cfg, actor_cls, lambda rank: (rank, cfg.engine, spec, actor_env(cfg, rank)),
                                 listener, on_placed=run_dir.write_replicas)
         self.work: dict[int, Work] = {}
         self.shared: deque[Chunk] = deque()
         self.rerun_prompts = 0
-        self.results: dict[int, dict[int, dict]] = {}   # rank -> index -> raw record
+        self.results: dict[int, dict[int, Sample]] = {}   # rank -> index -> its scored answer
 
     def start(self) -> None:
         self.pool.start()
@@ -89,8 +91,10 @@ class OfflineDriver:
                     "start": out["start"], "end": out["end"]}
                    for p, c in zip(chunk.prompts, completions)]
         self.run_dir.append_chunk(records)
-        for rec in records:
-            self.results.setdefault(rank, {})[rec["index"]] = rec
+        # scored as it lands, while the other replicas still generate: after the last chunk only
+        # the merge and the final write are left (they were ~1 s of 1319 answers after the engine)
+        for sample in score_samples([(rank, rec["index"], rec) for rec in records], self.golds):
+            self.results.setdefault(rank, {})[sample.index] = sample
         w = self.work[rank]
         # the replica's window from its own chunk clocks, kept by the driver as each chunk lands: a
         # replica that dies later still has the window of the chunks it finished (asking the actor at
@@ -128,6 +132,7 @@ class OfflineDriver:
                     raise RunFailed("every replica died; unfinished prompts remain: " + "; ".join(self.pool.failures))
                 return
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+            self.pool.check_head()
             for ref in ready:
                 rank = inflight[ref]
                 chunk, _ = self.work[rank].inflight.pop(ref)
@@ -185,7 +190,8 @@ def execute(cfg: RunConfig, run_id: str, run_dir: RunDir, prompts: list[Prompt],
         missing = tuple(p for p in c.prompts if p.index not in done)
         if missing:
             chunks.append(Chunk(c.chunk_id, c.owner, missing))
-    driver = OfflineDriver(cfg, run_dir, attempt, listener, actor_cls or Replica)
+    golds = {p.index: p.gold for p in prompts}
+    driver = OfflineDriver(cfg, run_dir, attempt, listener, actor_cls or Replica, golds)
     memory: dict[int, float] = {}
     with sigterm_raises(), run_dir.heartbeat(attempt):
         try:
@@ -198,12 +204,11 @@ def execute(cfg: RunConfig, run_id: str, run_dir: RunDir, prompts: list[Prompt],
             driver.pool.close()
     listener(EnginesClosed())
     by_rank: dict[int, list] = {}
-    for rank, recs in driver.results.items():
-        by_rank.setdefault(rank, []).extend(recs.items())
-    for index, rec in done.items():
-        by_rank.setdefault(rec["rank"], []).append((index, rec))
-    rows = merge(by_rank, wanted)
-    samples = score_samples(rows, {p.index: p.gold for p in prompts})
+    for rank, scored in driver.results.items():
+        by_rank.setdefault(rank, []).extend(scored.items())
+    for sample in score_samples([(rec["rank"], i, rec) for i, rec in done.items()], golds):
+        by_rank.setdefault(sample.rank, []).append((sample.index, sample))
+    samples = [sample for _, _, sample in merge(by_rank, wanted)]
     wall_s = time.perf_counter() - t0
     run_dir.note_attempt(attempt, finished=True, wall_s=wall_s)
     summary = summarize(run_id, cfg, samples, driver.timings(memory), wall_s, started_at, driver.pool.failures,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -109,6 +110,8 @@ class ReplicaPool:
         self.members: list[Member] = []
         self.failures: list[str] = []
         self.started_ray = False
+        self.head_lost: str | None = None      # why the Ray cluster we joined is gone, once it is
+        self._watch_stop = threading.Event()
 
     def _init_ray(self) -> None:
         ray_auth_default(self.cfg)
@@ -119,6 +122,7 @@ class ReplicaPool:
         if self.cfg.ray_address:
             ray.init(address=self.cfg.ray_address, log_to_driver=logs)
             self.started_ray = True
+            threading.Thread(target=self._watch_head, daemon=True).start()
             return
         # address="local": a Ray of our own even where a `ray start` cluster runs on this machine
         # (plain ray.init() would join it, and refuse the CPU count)
@@ -201,6 +205,26 @@ class ReplicaPool:
                 out[refs[ref]] = value
         return out
 
+    def _watch_head(self, every_s: float = 1.0, misses: int = 3) -> None:
+        """A cluster we joined (--ray-address) can lose its head; Ray's own client would then stall,
+        and end the process a minute later without a word. Its GCS port is asked every second; three
+        refusals running mark the head lost (check_head raises it)."""
+        host, _, port = self.cfg.ray_address.removeprefix("ray://").rpartition(":")
+        failed = 0
+        while not self._watch_stop.wait(every_s):
+            try:
+                with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1.0):
+                    failed = 0
+            except (OSError, ValueError) as e:
+                failed += 1
+                if failed >= misses:
+                    self.head_lost = f"the Ray cluster's head at {self.cfg.ray_address} stopped answering ({e})"
+                    return
+
+    def check_head(self) -> None:
+        if self.head_lost:
+            raise RunFailed(f"{self.head_lost}; its replicas are gone with it")
+
     def alive(self) -> list[Member]:
         return [m for m in self.members if m.alive]
 
@@ -222,8 +246,15 @@ class ReplicaPool:
         kill_group(m.info)
 
     def close(self) -> None:
-        """Close every engine, let the actors exit, then end anything left in their process groups."""
+        """Close every engine, let the actors exit, then end anything left in their process groups.
+        With the cluster's head gone there is no Ray to ask: the groups on this host are ended."""
         import ray
+        self._watch_stop.set()
+        if self.head_lost:
+            for m in self.members:
+                m.alive = False
+                kill_group(m.info)
+            return
         if not ray.is_initialized():
             return
         closing = {m.actor.close.remote(): m for m in self.members if m.alive}

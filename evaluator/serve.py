@@ -204,6 +204,7 @@ class LevelRunner:
             seed=self.cfg.sampling.seed, request_timeout_s=sv.request_timeout_s, max_concurrency=sv.max_concurrency,
             headers=self.headers, monitor=scraper, health_interval_s=sv.health_interval_s or None)
         results = [dataclasses.replace(r, replica=live[r.replica].rank if r.replica >= 0 else -1) for r in results]
+        self.pool.check_head()
         for pos, why in endpoints.dead.items():   # a server the client found dead: end it
             self.pool.fail(live[pos], f"server stopped answering: {why}")
         self.refuse_rejected(results)

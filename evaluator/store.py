@@ -50,12 +50,25 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 def append_lines(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    """One write + fsync: every line is either whole on disk or absent."""
-    text = "".join(json.dumps(r) + "\n" for r in records)
-    with open(path, "a") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    """One write + fsync: every line is either whole on disk or absent. A write that fails (a full
+    disk) is cut back to where the file ended, so no torn line is left for later appends to follow
+    (unbuffered, so nothing half-written is left in a buffer either)."""
+    data = memoryview("".join(json.dumps(r) + "\n" for r in records).encode())
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        except OSError:
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                pass
+            raise
+    finally:
+        os.close(fd)
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:

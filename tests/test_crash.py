@@ -176,3 +176,40 @@ def test_ctrl_c_then_sigkill_then_resume_equals_clean_run(killed_replica_run, ti
     assert summary.resumed_prompts == done_before > kept
     assert {s.index: s.response for s in rd.read_samples()} == reference
     assert wait_no_engines() == []
+
+
+def test_a_full_disk_stops_the_run_cleanly_and_resume_finishes_it(tiny_model, gsm8k_parquet, tmp_path):
+    """The output folder on a small tmpfs, filled up but for a few pages: the run stops when it
+    cannot append a chunk, with one line naming the cause and exit 1; every engine is shut down; no
+    summary and no torn JSONL line are left; once space is freed, --resume finishes the rest."""
+    from tests.conftest import run_cli, skip_or_fail
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
+        skip_or_fail("cannot mount a tmpfs here (mount needs root)")
+    try:
+        filler = disk / "filler"
+        with open(filler, "wb") as f:          # all but 6 pages: config, attempts, replicas, heartbeat and ~2 of chunks
+            f.write(b"x" * (4 * 2**20 - 6 * 4096))
+        work = ["--mode", "single", "--gpus", "1", "--limit", "40", "--max-tokens", "96", "--ignore-eos",
+                "--chunk-size", "4"]
+        args = ["-m", "evaluator", "--engine", "vllm", "--device", "cpu", "--model", str(tiny_model), "--data",
+                str(gsm8k_parquet), "--output-dir", str(disk), "--run-id", "full", "--no-table", *FAST_CPU, *work]
+        r = run_cli(args, timeout=900)
+        assert r.returncode == 1, r.stderr[-3000:]
+        errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+        assert len(errors) == 1 and "No space left on device" in errors[0] and "--resume" in errors[0], r.stderr[-2000:]
+        rd = RunDir(disk / "full")
+        assert not rd.finished and not (rd.path / "samples.jsonl").exists()
+        text = (rd.path / "partial.jsonl").read_text() if (rd.path / "partial.jsonl").exists() else ""
+        assert text == "" or text.endswith("\n")
+        kept = [json.loads(line) for line in text.splitlines()]      # every line whole
+        assert len(kept) < 40
+        assert wait_no_engines() == []
+        filler.unlink()
+        r = run_cli(["-m", "evaluator", "--resume", str(rd.path), "--no-table"], timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert [s.index for s in rd.read_samples()] == list(range(40))
+        assert rd.read_summary().resumed_prompts == len(kept)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

@@ -116,8 +116,8 @@ def test_the_killed_comparison_resumed_without_rerunning_finished_layouts(compar
     assert sorted(dp2.read_attempts()) == [1, 2], "the killed dp=2 start, then the one that finished"
     assert [a.finished for a in dp2.read_summary().attempts] == [False, True]
     result = json.loads(comparison["stdout"].strip().splitlines()[-1])
-    assert sorted(result["finished"]) == ["vllm-dp2", "vllm-dp2-serve", "vllm-single", "vllm-single-serve",
-                                          "vllm-tp2", "vllm-tp2-serve"] and result["failed"] == []
+    assert sorted(result["finished"]) == ["hf-dp2", "hf-single", "vllm-dp2", "vllm-dp2-serve", "vllm-single",
+                                          "vllm-single-serve", "vllm-tp2", "vllm-tp2-serve"] and result["failed"] == []
     plan = json.loads((out / "compare.json").read_text())
     assert [p["run_id"] for p in plan["layouts"]][:3] == ["vllm-single", "vllm-dp2", "vllm-tp2"]
     # the README's headline command: every offline layout and every serving layout, in one report
@@ -125,6 +125,7 @@ def test_the_killed_comparison_resumed_without_rerunning_finished_layouts(compar
     assert "## Batch: which layout finishes first" in md and "## Serving" in md
     rows = [line for line in md.splitlines() if line.startswith("| vllm |")]
     assert sum(" serve" in line for line in rows) == 3 and sum(" serve" not in line for line in rows) == 3
+    assert "- hf 1x2: hf has no tensor parallelism" in md and "- hf 1x1 serve: hf has no serve workload" in md
 
 
 def test_the_comparison_report(comparison, layout_runs):
@@ -138,7 +139,8 @@ def test_the_comparison_report(comparison, layout_runs):
         assert f"- {label}: " in md and reason in md.split(f"- {label}: ")[1].splitlines()[0]
     assert "## Same answers as single?" in md and "vllm 2x1" in md and "## Batch: which layout finishes first" in md
     table = list(csv.DictReader(open(out / "report.csv")))
-    runs = {r["run_id"]: r for r in table if r["run_id"] and not r["run_id"].endswith("-serve")}
+    runs = {r["run_id"]: r for r in table if r["run_id"] and not r["run_id"].endswith("-serve")
+            and r["run_id"].startswith("vllm")}
     assert set(runs) == {"vllm-single", "vllm-dp2", "vllm-tp2"}
     for run_id, row in runs.items():
         s = RunDir(out / run_id).read_summary()
@@ -153,11 +155,28 @@ def test_the_comparison_report(comparison, layout_runs):
     assert "Layout comparison: vllm, sglang on 2 device(s)" in comparison["stdout"]
 
 
+def test_the_fast_engine_is_set_against_the_reference_engine(comparison):
+    """The transformers reference engine answered the same 13 prompts: vLLM's single-device run
+    (offline and serving) is paired with it, prompt by prompt, and the identical-output rate is
+    what the two runs' files say."""
+    from evaluator.report.analysis import compare_samples
+    out = comparison["out"]
+    md = (out / "report.md").read_text()
+    ref = RunDir(out / "hf-single").read_samples()
+    for run in ("vllm-single", "vllm-single-serve"):
+        eq = compare_samples(ref, RunDir(out / run).read_samples())
+        label = "vllm 1x1 serve" if run.endswith("serve") else "vllm 1x1"
+        row = next(l for l in md.splitlines() if l.startswith(f"| {label} | hf 1x1 |"))
+        assert f"{100 * eq.identical_rate:.1f}%" in row
+    hf = RunDir(out / "hf-dp2").read_summary()
+    assert [r.prompts for r in hf.replicas] == [7, 6] and hf.compile == "none"
+
+
 def test_report_prints_every_run(layout_runs):
     results = layout_runs["single"].parent
     r = run_cli(["-m", "evaluator.report", str(results)], lock=False, env={"COLUMNS": "250"})
     assert r.returncode == 0, r.stderr
-    table_rows = [l for l in r.stdout.splitlines() if "vllm" in l and " serve " not in l]
+    table_rows = [l for l in r.stdout.splitlines() if "vllm" in l and " serve " not in l and "hf " not in l]
     assert len(table_rows) == 3 and sum(" serve " in l for l in r.stdout.splitlines() if "vllm" in l) == 3
     assert any("1x1" in l for l in table_rows) and any("2x1" in l for l in table_rows) and any("1x2" in l for l in table_rows)
     # speedup = the single run's generate s / this run's, as computed from the summaries

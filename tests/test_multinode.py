@@ -105,3 +105,51 @@ def test_one_replica_per_node_and_a_lost_node_costs_no_prompt(cluster, tiny_mode
     assert len(summary.failures) == 1 and summary.failures[0].startswith(f"replica {on_b}")
     assert summary.rerun_prompts > 0
     assert summary.replicas[1 - on_b].prompts == 40 - summary.replicas[on_b].prompts
+
+
+def test_the_head_going_away_is_one_line_and_resumable(cluster, tiny_model, gsm8k_parquet, tmp_path):
+    """Last in this module (it takes the cluster down): the Ray head is killed while dp=2 runs on
+    the cluster. The run stops with one line naming the head, within seconds (Ray's own client
+    would stall, then end the process a minute later without a word), finished chunks are kept
+    whole, and --resume on a new cluster (--ray-address may be given with it) finishes the rest."""
+    address, worker, ids = cluster
+    proc = evaluator(address, tiny_model, gsm8k_parquet, tmp_path, "head", "--mode", "dp", "--gpus", "1",
+                     "--limit", "40", "--max-tokens", "256", "--ignore-eos", "--chunk-size", "1")
+    rd = RunDir(tmp_path / "head")
+    wait_for(lambda: finished_ranks(rd.path), proc, 1500, "a finished prompt", every=0.05)
+    head = next(p for p in psutil_children_of_session(address))
+    t0 = time.time()
+    os.killpg(head, signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr[-3000:]
+    assert time.time() - t0 < 60, "told at once, not after Ray's own minute"
+    errors = [l for l in stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "Ray" in errors[0] and address in errors[0], stderr[-3000:]
+    done = [json.loads(l) for l in (rd.path / "partial.jsonl").read_text().splitlines()]
+    assert done and not rd.finished
+    # a new one-node cluster (the old address is gone) takes the rest
+    new = subprocess.Popen([_ray(), "start", "--head", "--port", str(int(address.rsplit(":", 1)[1]) + 7),
+                            "--num-cpus", "1", "--num-gpus", "0", "--disable-usage-stats", "--block",
+                            "--include-dashboard=false"], env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        new_address = f"127.0.0.1:{int(address.rsplit(':', 1)[1]) + 7}"
+        time.sleep(8)
+        r = run_cli(["-m", "evaluator", "--resume", str(rd.path), "--ray-address", new_address, "--no-table"],
+                    timeout=1500, env={"RAY_AUTH_MODE": "disabled"})
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert [s.index for s in rd.read_samples()] == list(range(40))
+        assert rd.read_summary().resumed_prompts == len({d["index"] for d in done})
+    finally:
+        os.killpg(new.pid, signal.SIGKILL)
+
+
+def psutil_children_of_session(address: str):
+    """The process group of the `ray start --head` that serves address (the cluster fixture starts
+    each node in a session of its own)."""
+    import psutil
+    port = address.rsplit(":", 1)[1]
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "ray" in cmd and "start" in cmd and "--head" in cmd and f"--port {port}" in cmd:
+            yield os.getpgid(p.pid)

@@ -39,17 +39,39 @@ def _samples(run: FoundRun, cache: dict[Path, list[Sample]]) -> list[Sample]:
     return cache[run.path]
 
 
+def is_reference(engine: str) -> bool:
+    from launchers.engines.base import ENGINES, capabilities
+    return engine in ENGINES and capabilities(engine).reference
+
+
+def reference_run(group: list[FoundRun]) -> FoundRun | None:
+    """The latest offline single-device run of a reference engine (Capabilities.reference: the hf one) in the
+    group: every other engine's single-device run is also set against it ("does the fast engine give
+    the reference answers?")."""
+    refs = [r for r in group if is_reference(r.summary.config.engine) and r.summary.config.dp * r.summary.config.tp == 1
+            and r.summary.config.workload == "offline" and not r.summary.config.base_model]
+    return refs[-1] if refs else None
+
+
+def _pair(base: FoundRun, run: FoundRun, cache: dict[Path, list[Sample]]) -> Pair:
+    try:
+        return Pair(base, run, analysis.compare_samples(_samples(base, cache), _samples(run, cache)))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, analysis.AnalysisError) as e:
+        return Pair(base, run, None, f"{type(e).__name__}: {e}")
+
+
 def pairs_of(group: list[FoundRun], chosen: FoundRun | None, cache: dict[Path, list[Sample]]) -> list[Pair]:
+    """Each run against its baseline, and each other engine's single-device runs against the
+    reference engine's when the group has one."""
     out = []
     for run in group:
         base = baseline_in_group(run, group, chosen)
-        if base is None or base is run:
-            continue
-        try:
-            eq = analysis.compare_samples(_samples(base, cache), _samples(run, cache))
-            out.append(Pair(base, run, eq))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, analysis.AnalysisError) as e:
-            out.append(Pair(base, run, None, f"{type(e).__name__}: {e}"))
+        if base is not None and base is not run:
+            out.append(_pair(base, run, cache))
+    ref = reference_run(group)
+    if ref is not None and chosen is None:
+        out += [_pair(ref, r, cache) for r in group
+                if not is_reference(r.summary.config.engine) and r.summary.config.dp * r.summary.config.tp == 1]
     return out
 
 

@@ -90,6 +90,7 @@ class Capabilities:
     # the server's Prometheus metrics, by our neutral names (running, waiting, kv_usage, preemptions,
     # prefix_queries, prefix_hits, prefix_hit_rate, ttft_sum, ttft_count, kv_tokens)
     metrics: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
+    reference: bool = False                   # slow but trusted: the other engines' answers are set against it
 
 
 @dataclass(frozen=True)

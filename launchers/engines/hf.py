@@ -23,7 +23,8 @@ from evaluator.records import Completion, SamplingConfig
 from launchers.engines.base import Capabilities, EngineSpec, RequestRejected, ServerLaunch, StartFacts
 
 NATIVE_DP: tuple[str, ...] = ()
-CAPABILITIES = Capabilities(workloads=("offline",), native_dp=(), tensor_parallel=False, devices=("cuda", "cpu"))
+CAPABILITIES = Capabilities(workloads=("offline",), native_dp=(), tensor_parallel=False, devices=("cuda", "cpu"),
+                            reference=True)
 
 # the engine kwargs this backend reads (there is no engine of another name to pass the rest to)
 DEFAULT_KWARGS: dict[str, Any] = {"dtype": "auto", "batch_size": 16}
