@@ -152,7 +152,7 @@ def test_the_comparison_report(comparison, layout_runs):
     assert dp2.attempts[0].wall_s > 0 and not dp2.attempts[0].finished, "the killed attempt's time is known"
     assert float(runs["vllm-dp2"]["gpu_hours"]) > 2 * dp2.attempts[-1].wall_s / 3600
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "Layout comparison: vllm, sglang on 2 device(s)" in comparison["stdout"]
+    assert "Layout comparison: vllm, sglang, hf on 2 device(s)" in comparison["stdout"]
 
 
 def test_the_fast_engine_is_set_against_the_reference_engine(comparison):

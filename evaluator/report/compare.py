@@ -72,7 +72,24 @@ def pairs_of(group: list[FoundRun], chosen: FoundRun | None, cache: dict[Path, l
     if ref is not None and chosen is None:
         out += [_pair(ref, r, cache) for r in group
                 if not is_reference(r.summary.config.engine) and r.summary.config.dp * r.summary.config.tp == 1]
+    if chosen is None:              # a serving run against the offline run of the same engine, layout and settings
+        for r in group:
+            twin = offline_twin(r, group)
+            if twin is not None:
+                out.append(_pair(twin, r, cache))
     return out
+
+
+def offline_twin(run: FoundRun, group: list[FoundRun]) -> FoundRun | None:
+    """For a serving run, the latest offline run of the same engine, layout and engine settings:
+    do the server's answers (its chat template, its sampling defaults) match the offline engine's?"""
+    c = run.summary.config
+    if c.workload != "serve":
+        return None
+    same = [r for r in group if r.summary.config.workload == "offline" and r.summary.config.engine == c.engine
+            and (r.summary.config.dp, r.summary.config.tp) == (c.dp, c.tp) and r.summary.config.model == c.model
+            and r.summary.config.engine_kwargs == c.engine_kwargs and r.summary.config.deterministic == c.deterministic]
+    return same[-1] if same else None
 
 
 def _pct(count: int, total: int) -> str:

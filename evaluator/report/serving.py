@@ -27,6 +27,14 @@ def _f(v, fmt) -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def _percent(fraction: float | None) -> str:
+    """'61%', '3.9%', '0.02%': small KV usages keep their digits (0% would read as unused)."""
+    if fraction is None:
+        return "-"
+    pct = 100 * fraction
+    return f"{pct:.0f}%" if pct >= 10 else f"{pct:.1f}%" if pct >= 0.1 else f"{pct:.2g}%"
+
+
 def _server(level: dict, key: str):
     """What the servers' /metrics said over the level (None where they did not say)."""
     return (level.get("server") or {}).get(key)
@@ -47,7 +55,7 @@ LEVEL_COLUMNS = [
     ("send lag p99 ms", lambda l: _f(l.get("send_lag_ms_p99"), ".1f")),
     ("server TTFT ms", lambda l: _f(_server(l, "server_ttft_ms_mean"), ".1f")),
     ("run/wait max", lambda l: f"{_f(_server(l, 'running_max'), '.0f')}/{_f(_server(l, 'waiting_max'), '.0f')}"),
-    ("KV use max", lambda l: "-" if _server(l, "kv_usage_max") is None else f"{100 * _server(l, 'kv_usage_max'):.0f}%"),
+    ("KV use max", lambda l: _percent(_server(l, "kv_usage_max"))),
     ("preempt", lambda l: _f(_server(l, "preemptions"), ".0f")),
     ("flex acc", lambda l: "-" if l.get("flexible_accuracy") is None else f"{l['flexible_accuracy']:.3f}"),
 ]
@@ -184,7 +192,7 @@ def why_sentence(group: list[FoundRun]) -> str | None:
         if waiting is not None:
             bits.append(f"queued up to {waiting:.0f}" if waiting else "queued none")
         if srv.get("kv_usage_max") is not None:
-            bits.append(f"KV cache up to {100 * srv['kv_usage_max']:.0f}% used")
+            bits.append(f"KV cache up to {_percent(srv['kv_usage_max'])} used")
         if srv.get("prefix_hit_rate") is not None:
             bits.append(f"prefix-cache hits {100 * srv['prefix_hit_rate']:.0f}%")
         if bits:
