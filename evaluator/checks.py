@@ -7,7 +7,6 @@ nothing written. The run, --resume, the comparison and the benchmark all check t
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys

@@ -158,32 +158,27 @@ def plan(engines: list[str], gpus: int, modes: tuple[str, ...], native: bool, wo
     def base_for(engine: str) -> argparse.Namespace:
         return argparse.Namespace(**{**vars(common), **({"engine_kwargs": per_engine[engine]}
                                                         if engine in per_engine else {})})
-    base = common
-    typed = typed_serving_flags(base)
+    typed = typed_serving_flags(common)
     if typed and "serve" not in workloads:
         raise UsageError(f"{', '.join(typed)} after -- are for serving runs: use --workload serve or both")
     out_list = []
+
+    def add(label: str, workload: str, run_id: str, c: Candidate, quantized: str | None = None) -> None:
+        try:
+            cfg = layout_config(base_for(c.engine), c, workload, model, data, out, run_id, quantized)
+            out_list.append(Planned(label, workload, run_id, cfg))
+        except UsageError as e:
+            out_list.append(Planned(label, workload, run_id, None, str(e)))
     for workload in workloads:
+        serve = " serve" if workload == "serve" else ""
         for c in candidates(engines, gpus, workload, modes, native):
-            run_id = c.name + ("-serve" if workload == "serve" else "")
-            label = c.label + (" serve" if workload == "serve" else "")
-            try:
-                out_list.append(Planned(label, workload, run_id, layout_config(base_for(c.engine), c, workload, model,
-                                                                                data, out, run_id)))
-            except UsageError as e:
-                out_list.append(Planned(label, workload, run_id, None, str(e)))
+            add(c.label + serve, workload, c.name + serve.replace(" ", "-"), c)
         for q in quantized:
+            name = Path(q).name
             for engine in engines:
                 c = Candidate(engine, "single", 1, 1, 1)
-                stem = Path(q).name.removesuffix(".gguf")
-                run_id = f"{c.name}-{stem}" + ("-serve" if workload == "serve" else "")
-                label = f"{c.label} {Path(q).name}" + (" serve" if workload == "serve" else "")
-                try:
-                    cfg = layout_config(base_for(engine), c, workload, model, data, out, run_id,
-                                        quantized=str(Path(q).resolve()))
-                    out_list.append(Planned(label, workload, run_id, cfg))
-                except UsageError as e:
-                    out_list.append(Planned(label, workload, run_id, None, str(e)))
+                add(f"{c.label} {name}{serve}", workload, f"{c.name}-{name.removesuffix('.gguf')}{serve.replace(' ', '-')}",
+                    c, str(Path(q).resolve()))
     return out_list
 
 

@@ -143,7 +143,6 @@ def test_the_comparison_report(comparison, layout_runs):
             and r["run_id"].startswith("vllm")}
     assert set(runs) == {"vllm-single", "vllm-dp2", "vllm-tp2"}
     for run_id, row in runs.items():
-        s = RunDir(out / run_id).read_summary()
         # paid time covers more than the engine's: Ray's start, scoring, shutdown (and dp=2's killed
         # first attempt, which held its devices until it died)
         assert float(row["gpu_hours"]) > float(row["gpu_hours_engine"]) > 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from statistics import NormalDist
 
 import pytest

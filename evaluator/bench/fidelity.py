@@ -134,27 +134,11 @@ def run(args, out_dir: Path, console: Console) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from evaluator.bench.serving import _config
-    from evaluator.data import DataError
-    from evaluator.errors import RunFailed, UsageError
-    from evaluator.store import atomic_write
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    err = Console(stderr=True)
-    if args.repeats < 1 or args.limit is None or args.limit < 1:
-        parser.exit(2, "error: --repeats and --limit must be at least 1\n")
-    try:
-        _config(args)
-    except (UsageError, DataError) as e:
-        parser.exit(2, f"error: {e}\n")
-    out_dir = Path(args.out) / f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{args.engine}-fidelity"
-    try:
-        report = run(args, out_dir, err)
-    except (RunFailed, UsageError, RuntimeError) as e:
-        err.print(f"error: {e}", markup=False)
+    from evaluator.bench.serving import bench_main
+    done = bench_main(build_parser(), argv, run, "fidelity", "bench-fidelity.json")
+    if done is None:
         return 1
-    path = out_dir / "bench-fidelity.json"
-    atomic_write(path, json.dumps(report, indent=2) + "\n")
+    report, path = done
     for level, by in report["actor_over_bare"].items():
         for k, s in by.items():
             if s:

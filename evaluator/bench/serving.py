@@ -221,11 +221,14 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                 print(f"serving client {level}: {k} ours/theirs {s['median']:.3f} ({s['min']:.3f}–{s['max']:.3f})")
 
 
-def main(argv: list[str] | None = None) -> int:
+def bench_main(parser: argparse.ArgumentParser, argv: list[str] | None, run, suffix: str,
+               filename: str) -> tuple[dict[str, Any], Path] | None:
+    """The shared life of a serving bench (this one, evaluator.bench.fidelity): flags checked
+    before any engine starts (exit 2), the run, its report written atomically; None when it failed
+    (the error already printed)."""
     from evaluator.data import DataError
     from evaluator.errors import RunFailed, UsageError
     from evaluator.store import atomic_write
-    parser = build_parser()
     args = parser.parse_args(argv)
     err = Console(stderr=True)
     if args.repeats < 1 or args.limit is None or args.limit < 1:
@@ -234,14 +237,22 @@ def main(argv: list[str] | None = None) -> int:
         _config(args)
     except (UsageError, DataError) as e:
         parser.exit(2, f"error: {e}\n")
-    out_dir = Path(args.out) / f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{args.engine}-serving-client"
+    out_dir = Path(args.out) / f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{args.engine}-{suffix}"
     try:
         report = run(args, out_dir, err)
     except (RunFailed, UsageError, RuntimeError) as e:
         err.print(f"error: {e}", markup=False)
-        return 1
-    path = out_dir / "bench-serving.json"
+        return None
+    path = out_dir / filename
     atomic_write(path, json.dumps(report, indent=2) + "\n")
+    return report, path
+
+
+def main(argv: list[str] | None = None) -> int:
+    done = bench_main(build_parser(), argv, run, "serving-client", "bench-serving.json")
+    if done is None:
+        return 1
+    report, path = done
     print_report(report, Console(width=140))
     print(json.dumps({"bench": str(path), **{f"{lv}.{k}": round(s["median"], 4) for lv, by in report["ours_over_theirs"].items()
                                              for k, s in by.items() if s}}), flush=True)
