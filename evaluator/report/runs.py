@@ -80,7 +80,10 @@ def speed_key(run: FoundRun | RunSummary) -> tuple:
     s = _summary(run)
     c = s.config
     env = run.environment if isinstance(run, FoundRun) else ()
-    return (_data_id(run), c.model, c.tokenizer, c.engine, s.prompts, c.sampling, c.device, c.cpu_cores_per_device,
+    # a serving run's prompt count is its widest level's, which its load levels already fix (a
+    # capacity search's probes differ by layout): only an offline run's count is its batch
+    prompts = s.prompts if c.workload == "offline" else None
+    return (_data_id(run), c.model, c.tokenizer, c.engine, prompts, c.sampling, c.device, c.cpu_cores_per_device,
             c.cpu_memory_fraction, c.max_model_len, json.dumps(c.engine_kwargs, sort_keys=True), c.workload, c.serve,
             c.deterministic, env)
 

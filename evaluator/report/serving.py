@@ -172,9 +172,37 @@ def describe_traffic(r: FoundRun) -> str:
             f"(p90 {t.get('prompt_tokens_p90') or 0:,.0f}) / {out}")
 
 
+def _server_bits(srv: dict) -> list[str]:
+    bits = []
+    if srv.get("running_max") is not None:
+        bits.append(f"ran up to {srv['running_max']:.0f} at once")
+    if srv.get("preemptions"):
+        bits.append(f"preempted {srv['preemptions']:.0f}")
+    waiting = srv.get("waiting_max")
+    if waiting is not None:
+        bits.append(f"queued up to {waiting:.0f}" if waiting else "queued none")
+    if srv.get("kv_usage_max") is not None:
+        bits.append(f"KV cache up to {_percent(srv['kv_usage_max'])} used")
+    if srv.get("prefix_hit_rate") is not None:
+        bits.append(f"prefix-cache hits {100 * srv['prefix_hit_rate']:.0f}%")
+    return bits
+
+
 def why_sentence(group: list[FoundRun]) -> str | None:
-    """What the servers said at the heaviest load every run of the group sent: how many requests
-    each layout queued and preempted, and how full its KV cache got: the reason one holds more."""
+    """What the servers said at the heaviest load every run of the group sent (for capacity
+    searches: at the first rate each layout missed): how many requests each layout queued and
+    preempted, and how full its KV cache got: the reason one holds more."""
+    if all(r.summary.capacity for r in group):
+        parts = []
+        for r in group:
+            c = r.summary.capacity
+            rate = c["lowest_failed"] if c["lowest_failed"] is not None else max(p["rate"] for p in c["probes"])
+            level = next((l for l in r.summary.levels if l["level_value"] == rate), None)
+            bits = _server_bits((level or {}).get("server") or {})
+            if bits:
+                parts.append(f"{run_label(r, group)} at {level['level']} {', '.join(bits)}")
+        return ("At the first rate each layout missed (the servers' own metrics): " + "; ".join(parts) + "."
+                if parts else None)
     common = None
     for r in group:
         labels = {l["level"] for l in r.summary.levels if l.get("server")}
@@ -184,17 +212,7 @@ def why_sentence(group: list[FoundRun]) -> str | None:
     heaviest = max(common, key=lambda lab: next(l["level_value"] for l in group[0].summary.levels if l["level"] == lab))
     parts = []
     for r in group:
-        srv = next(l for l in r.summary.levels if l["level"] == heaviest)["server"]
-        bits = []
-        if srv.get("preemptions"):
-            bits.append(f"preempted {srv['preemptions']:.0f}")
-        waiting = srv.get("waiting_max")
-        if waiting is not None:
-            bits.append(f"queued up to {waiting:.0f}" if waiting else "queued none")
-        if srv.get("kv_usage_max") is not None:
-            bits.append(f"KV cache up to {_percent(srv['kv_usage_max'])} used")
-        if srv.get("prefix_hit_rate") is not None:
-            bits.append(f"prefix-cache hits {100 * srv['prefix_hit_rate']:.0f}%")
+        bits = _server_bits(next(l for l in r.summary.levels if l["level"] == heaviest)["server"])
         if bits:
             parts.append(f"{run_label(r, group)} {', '.join(bits)}")
     return f"At {heaviest} (the servers' own metrics): " + "; ".join(parts) + "." if parts else None
