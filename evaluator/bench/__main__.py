@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--startup-only", action="store_true",
                    help="only start-up, 1 device: the bare engine as measured, bare without Ray's OMP_NUM_THREADS, "
                         "bare with vLLM's EngineCore spawned (as inside a Ray actor), and our Ray replica")
+    p.add_argument("--candidates", default=None, metavar="KEYS",
+                   help="with --startup-only: only these bare variants, comma-separated, of omp-unset, tokenizers-on, "
+                        "spawned (default all); the bare engine and the Ray replica always run")
     p.add_argument("--out", default="results/bench", help="the report goes to OUT/BENCH_ID/bench.json, "
                                                           "evaluator runs next to it")
     return p
@@ -89,6 +92,14 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         raise UsageError(f"--gpus must be at least 1 (got {args.gpus})")
     if args.repeats < 1:
         raise UsageError(f"--repeats must be at least 1 (got {args.repeats})")
+    if args.candidates is not None:
+        from evaluator.bench.startup import chosen_candidates
+        if not args.startup_only:
+            raise UsageError("--candidates is for --startup-only")
+        try:
+            chosen_candidates(args.candidates)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     shardings = [s.strip() for s in args.shardings.split(",") if s.strip()]
     unknown = [s for s in shardings if s not in SHARDING_MODES]
     if unknown or not shardings:
@@ -177,9 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out) / bench_id
     try:
         if args.startup_only:
-            from evaluator.bench.startup import print_startup, startup_candidates
+            from evaluator.bench.startup import chosen_candidates, print_startup, startup_candidates
             err.print(f"bench {bench_id}: start-up candidates, 1 device, {args.repeats} repeat(s) -> {out_dir}")
-            report = startup_candidates(plan.single, plan.prompts, args.repeats, out_dir, err)
+            report = startup_candidates(plan.single, plan.prompts, args.repeats, out_dir, err,
+                                        chosen_candidates(args.candidates), warmup=not args.no_warmup)
         else:
             vs = f"1x1 vs {plan.multi.layout}" if plan.multi else "1x1 only (dp=N needs N devices; this run has 1)"
             err.print(f"bench {bench_id}: {len(plan.prompts)} prompts, {vs} on {plan.single.device}, "

@@ -117,8 +117,11 @@ class Sampler:
 
 def growth_per_1000(samples: list[dict], key: str, skip_first: int) -> float | None:
     """Least-squares slope of key against requests done, per 1,000 requests, after the first
-    skip_first requests (the first level warms caches and pools)."""
-    pts = [(s["requests"], s[key]) for s in samples if s["requests"] >= skip_first]
+    skip_first requests (the first level warms caches and pools). Where levels' ends were sampled,
+    only those count: mid-level, open connections and their fds rise with each level's concurrency
+    by design, and a leak is what stays once a level is over."""
+    ends = [s for s in samples if s.get("level_end")]
+    pts = [(s["requests"], s[key]) for s in (ends or samples) if s["requests"] >= skip_first]
     if len({x for x, _ in pts}) < 2:
         return None
     mx, my = statistics.mean(x for x, _ in pts), statistics.mean(y for _, y in pts)
@@ -142,7 +145,7 @@ def soak(args, passthrough: list[str]) -> dict[str, Any]:
                         sampler.done += 1
                     run_level_sync(endpoints, requests(per_level, k * per_level), Level("concurrency", 2 + 2 * k),
                                    SamplingConfig(max_tokens=4), "fake", on_result=count)
-                    sampler.samples.append(sampler.sample())      # one sample at every level's end
+                    sampler.samples.append(sampler.sample() | {"level_end": True})
             run = {"levels": args.levels, "requests": sampler.done}
     time.sleep(1.0)                    # the sampler's own thread has ended: what is left is the run's
     after = sampler.sample()

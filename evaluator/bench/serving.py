@@ -91,7 +91,8 @@ def theirs(cfg, url: str, model_name: str, prompts, concurrency: int, work: Path
     if rc != 0:
         raise RuntimeError(f"{cfg.engine}'s own load client exited {rc}; see {work / (tag + '.log')}")
     result = json.loads((work / f"{tag}.json").read_text())
-    return {ours: float(result[key]) for ours, key in METRICS} | {"completed": result.get("completed")}
+    return ({ours: float(result[key]) for ours, key in METRICS}
+            | {"completed": result.get("completed"), "output_tokens": result.get("total_output_tokens")})
 
 
 def ours(cfg, url: str, model_name: str, prompts, concurrency: int, trust_env: bool = False) -> dict[str, float]:
@@ -104,7 +105,7 @@ def ours(cfg, url: str, model_name: str, prompts, concurrency: int, trust_env: b
                                          trust_env=trust_env, health_interval_s=None)
     s = level_stats(results, duration_s, 1, None, None)
     return {"output_tok_s": s.output_tokens_per_s, "mean_ttft_ms": s.ttft_ms_mean, "mean_tpot_ms": s.tpot_ms_mean,
-            "mean_itl_ms": s.itl_ms_mean, "completed": s.ok}
+            "mean_itl_ms": s.itl_ms_mean, "completed": s.ok, "output_tokens": sum(r.completion_tokens for r in results if r.ok)}
 
 
 def server_ttft(url: str) -> tuple[float, float] | None:

@@ -31,6 +31,19 @@ CANDIDATES = {
     "bare, tokenizers on": {"TOKENIZERS_PARALLELISM": None},
     "bare, EngineCore spawned": {"VLLM_WORKER_MULTIPROC_METHOD": "spawn"},
 }
+# --candidates names them by these keys; "bare" (the denominator) and the replica always run
+KEYS = {"omp-unset": "bare, OMP unset", "tokenizers-on": "bare, tokenizers on", "spawned": "bare, EngineCore spawned"}
+
+
+def chosen_candidates(text: str | None) -> list[str]:
+    """The candidate names --candidates picks (None: all), "bare" first; ValueError names the keys."""
+    if text is None:
+        return list(CANDIDATES)
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in KEYS]
+    if unknown:
+        raise ValueError(f"--candidates {text!r}: choose from {', '.join(KEYS)} (bare and the replica always run)")
+    return ["bare", *[KEYS[k] for k in dict.fromkeys(keys)]]
 
 
 def replica_startup(cfg: RunConfig) -> tuple[float, float, str]:
@@ -52,7 +65,7 @@ def replica_startup(cfg: RunConfig) -> tuple[float, float, str]:
 
 
 def startup_candidates(cfg: RunConfig, prompts: list[Prompt], repeats: int, out_dir: Path,
-                       console: Console) -> dict[str, Any]:
+                       console: Console, names: list[str] | None = None, warmup: bool = True) -> dict[str, Any]:
     from evaluator.bench.measure import run_bare
     from evaluator.hosts import host_facts
     host = host_facts(cfg.engine, cfg.device, cfg.cpu_cores_per_device)
@@ -60,11 +73,14 @@ def startup_candidates(cfg: RunConfig, prompts: list[Prompt], repeats: int, out_
     compile_states: dict[str, list[str]] = {}
     # one untimed start first: it fills the compile cache, so no candidate pays the compilation
     # the others then skip (the first start of a configuration is cold, the rest warm)
-    console.print("warm-up (untimed) · bare")
-    warmup = run_bare(cfg, prompts, 0, generate=False)
-    console.print(f"  {warmup.startup_s:.2f} s ({warmup.compile})")
+    first = None
+    if warmup:
+        console.print("warm-up (untimed) · bare")
+        first = run_bare(cfg, prompts, 0, generate=False)
+        console.print(f"  {first.startup_s:.2f} s ({first.compile})")
     for rep in range(1, repeats + 1):
-        for name, env in CANDIDATES.items():
+        for name in names or list(CANDIDATES):
+            env = CANDIDATES[name]
             console.print(f"repeat {rep}/{repeats} · {name}")
             m = run_bare(cfg, prompts, rep, extra_env=env, generate=False)
             values.setdefault(name, []).append(m.startup_s)
@@ -81,8 +97,8 @@ def startup_candidates(cfg: RunConfig, prompts: list[Prompt], repeats: int, out_
                     "compile": compile_states[name]} for name, v in values.items()}
     bare = stats["bare"]["median"]
     return {"bench_id": out_dir.name, "engine": cfg.engine, "model": cfg.model, "device_name": host.device_name,
-            "versions": host.versions, "repeats": repeats, "warmup": {"startup_s": warmup.startup_s,
-                                                                      "compile": warmup.compile},
+            "versions": host.versions, "repeats": repeats,
+            "warmup": {"startup_s": first.startup_s, "compile": first.compile} if first else None,
             "startup_s": stats,
             "over_bare": {name: s["median"] / bare for name, s in stats.items()}}
 

@@ -153,11 +153,15 @@ def layout_label(run: RunSummary) -> str:
 
 
 def run_label(run: FoundRun, group: list[FoundRun]) -> str:
-    """engine + layout, with the run id where two runs of the group would read the same."""
-    s = run.summary
-    label = f"{s.config.engine} {layout_label(s)}"
-    same = [r for r in group if f"{r.summary.config.engine} {layout_label(r.summary)}" == label]
-    return f"{label} [{s.run_id}]" if len(same) > 1 else label
+    """engine + layout (+ serve), with the run id where two runs of the group would read the same."""
+    label = _engine_layout(run.summary)
+    same = [r for r in group if _engine_layout(r.summary) == label]
+    return f"{label} [{run.summary.run_id}]" if len(same) > 1 else label
+
+
+def _engine_layout(s: RunSummary) -> str:
+    """"vllm 2x1", "vllm 2x1 serve": a serving run reads apart from its offline twin."""
+    return f"{s.config.engine} {layout_label(s)}" + (" serve" if s.config.workload == "serve" else "")
 
 
 def groups(runs: list[FoundRun]) -> list[list[FoundRun]]:
