@@ -510,3 +510,16 @@ def test_send_lag_stays_small_at_a_few_hundred_requests_per_second(tmp_path):
     report = json.loads(Path(last_json(r.stdout)["report"]).read_text())
     assert [l["rate"] for l in report["levels"]] == [50, 200] and all(l["ok"] == 400 for l in report["levels"])
     assert all(l["send_lag_ms_p50"] >= 0 for l in report["levels"])
+
+
+def test_soak_growth_is_read_at_the_ends_of_levels():
+    """Mid-level, open connections (and their fds) rise with each level's concurrency by design:
+    only what stays once a level is over is growth. Level ends flat -> 0; one fd kept per level of
+    200 requests -> 5 per 1,000."""
+    from evaluator.bench.client import growth_per_1000
+    flat, leaking = [], []
+    for k in range(1, 6):
+        flat += [{"requests": 200 * k - 100, "fds": 6 + 2 * k}, {"requests": 200 * k, "fds": 6, "level_end": True}]
+        leaking += [{"requests": 200 * k - 100, "fds": 6 + 2 * k}, {"requests": 200 * k, "fds": 6 + k, "level_end": True}]
+    assert growth_per_1000(flat, "fds", 200) == 0
+    assert growth_per_1000(leaking, "fds", 200) == pytest.approx(5)

@@ -139,7 +139,7 @@ def run(args, out_dir: Path, console: Console) -> dict[str, Any]:
     from launchers.replica import ServerReplica
     import socket
     cfg = _config(args)
-    prompts = load_prompts(cfg.data, cfg.model, cfg.limit)
+    prompts = load_prompts(cfg.data, cfg.model_folder, cfg.limit)
     host = host_facts(cfg.engine, cfg.device, cfg.cpu_cores_per_device)
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = engine_spec(cfg)
