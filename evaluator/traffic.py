@@ -29,35 +29,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from evaluator.serving.metrics import percentile
+from evaluator.traffic_request import TrafficError, TrafficRequest
+from evaluator.traffic_synthetic import synthetic
 
 JSONL_FIELDS = ("messages", "prompt", "output_tokens", "max_tokens", "timestamp", "session")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "system": "system"}
 ACCEPTED = ("a .jsonl file of requests, a .json file in ShareGPT format, or "
             "synthetic:in=<dist>,out=<dist>[,n=..][,prefix=..][,prefixes=..][,seed=..]")
-
-
-class TrafficError(ValueError):
-    """Traffic that cannot be used: one line naming the file and line (or the request) where it can."""
-
-
-@dataclass(frozen=True)
-class TrafficRequest:
-    """One request to send. For turn 0, messages is the conversation's start (e.g. a system and a
-    user message); for a later turn, only that turn's new message(s): the client appends them to
-    the conversation so far, the answers it received included.
-
-    prompt_tokens is the chat template (generation prompt added) over the session's messages up
-    to and including this turn's, tokenised as the server does. The assistant's answers of
-    earlier turns are generated live and cannot be known here, so for turn > 0 they are left out:
-    the count is a lower bound of what the server will see."""
-    index: int                        # 0-based, file order
-    messages: tuple[dict, ...]        # chat messages of this turn, {"role": ..., "content": ...}
-    prompt_tokens: int
-    max_tokens: int | None = None     # this request's output length; None = the run's --max-tokens
-    timestamp_s: float | None = None  # arrival, seconds from the start of the trace
-    session: str | None = None
-    turn: int = 0                     # 0: a session's first turn, or a request without session
 
 
 @dataclass(frozen=True)
@@ -105,7 +84,6 @@ def load_traffic(spec: str, tokenizer, *, max_model_len: int | None, default_max
     if not getattr(tokenizer, "chat_template", None):
         raise TrafficError("the model's tokenizer has no chat template; prompt tokens cannot be counted as the server does")
     if spec.startswith("synthetic:"):
-        from evaluator.traffic_synthetic import synthetic
         name, items = synthetic(spec, tokenizer, seed, limit)
     elif spec.lower().endswith((".jsonl", ".json")):
         if not os.path.isfile(spec):

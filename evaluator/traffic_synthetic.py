@@ -14,7 +14,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from evaluator.traffic import TrafficError, TrafficRequest
+from evaluator.traffic_request import TrafficError, TrafficRequest
 
 SYNTHETIC_KEYS = ("n", "in", "out", "prefix", "prefixes", "seed")
 DISTRIBUTIONS = ("a number, uniform(a,b), normal(mean,sd) or lognormal(median,sigma), "
