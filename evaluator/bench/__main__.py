@@ -80,6 +80,7 @@ class Plan:
     multi: RunConfig | None           # None on a one-device host: dp=N needs N devices
     shardings: list[str]
     prompts: list[Prompt]
+    candidates: list[str] | None = None   # --startup-only: the start-up candidates to measure
 
 
 def plan_from_args(args: argparse.Namespace) -> Plan:
@@ -92,12 +93,13 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         raise UsageError(f"--gpus must be at least 1 (got {args.gpus})")
     if args.repeats < 1:
         raise UsageError(f"--repeats must be at least 1 (got {args.repeats})")
-    if args.candidates is not None:
+    if args.candidates is not None and not args.startup_only:
+        raise UsageError("--candidates is for --startup-only")
+    candidates = None
+    if args.startup_only:
         from evaluator.bench.startup import chosen_candidates
-        if not args.startup_only:
-            raise UsageError("--candidates is for --startup-only")
         try:
-            chosen_candidates(args.candidates)
+            candidates = chosen_candidates(args.candidates)
         except ValueError as e:
             raise UsageError(str(e)) from None
     shardings = [s.strip() for s in args.shardings.split(",") if s.strip()]
@@ -122,7 +124,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     check_lengths(prompts, single)
     if multi is not None and len(prompts) < args.gpus:
         raise UsageError(f"{len(prompts)} prompt(s) cannot keep {args.gpus} replicas busy; raise --limit")
-    return Plan(single, multi, shardings, prompts)
+    return Plan(single, multi, shardings, prompts, candidates)
 
 
 def bench(plan: Plan, repeats: int, warmup: bool, out_dir: Path, console: Console) -> dict[str, Any]:
@@ -188,10 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out) / bench_id
     try:
         if args.startup_only:
-            from evaluator.bench.startup import chosen_candidates, print_startup, startup_candidates
+            from evaluator.bench.startup import print_startup, startup_candidates
             err.print(f"bench {bench_id}: start-up candidates, 1 device, {args.repeats} repeat(s) -> {out_dir}")
             report = startup_candidates(plan.single, plan.prompts, args.repeats, out_dir, err,
-                                        chosen_candidates(args.candidates), warmup=not args.no_warmup)
+                                        plan.candidates, warmup=not args.no_warmup)
         else:
             vs = f"1x1 vs {plan.multi.layout}" if plan.multi else "1x1 only (dp=N needs N devices; this run has 1)"
             err.print(f"bench {bench_id}: {len(plan.prompts)} prompts, {vs} on {plan.single.device}, "
