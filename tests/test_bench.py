@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST_CPU, last_json, run_cli
+from tests.conftest import FAST_CPU, FAST_KWARGS, last_json, run_cli
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -44,7 +44,7 @@ def test_one_repeat_produces_every_section(tiny_model, gsm8k_parquet, tmp_path):
                  "--data", str(gsm8k_parquet), "--limit", "8", "--max-tokens", "8", "--ignore-eos", "--gpus", "2",
                  "--repeats", "1", "--shardings", "contiguous", "--no-warmup", "--out", str(tmp_path / "bench"),
                  # eager halves each start here (no torch.compile); bare and evaluator both get it
-                 "--engine-kwargs", '{"enforce_eager": true}', *FAST_CPU], timeout=900)
+                 *FAST_CPU], timeout=900)
     assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
     headline = last_json(r.stdout)
     report = json.loads(open(headline["bench"]).read())
@@ -53,7 +53,7 @@ def test_one_repeat_produces_every_section(tiny_model, gsm8k_parquet, tmp_path):
     assert report["order"] == ["bare 1x1", "evaluator 1x1 contiguous", "bare 2x1", "evaluator 2x1 contiguous"]
     assert [m["name"] for m in report["measurements"]] == report["order"]
     assert report["config"]["prompts"] == 8 and report["config"]["dp"] == 2
-    assert report["config"]["engine_kwargs"] == {"enforce_eager": True} and report["wall_s"] > 0
+    assert report["config"]["engine_kwargs"] == json.loads(FAST_KWARGS) and report["wall_s"] > 0
 
     sec = report["sections"]
     assert set(sec) == {"overhead", "dp_scaling", "straggler_gap", "throughput"}
@@ -96,7 +96,7 @@ def test_startup_candidates(tiny_model, gsm8k_parquet, tmp_path):
     r = run_cli(["-m", "evaluator.bench", "--startup-only", "--engine", "vllm", "--device", "cpu",
                  "--model", str(tiny_model), "--data", str(gsm8k_parquet), "--limit", "2", "--gpus", "2",
                  "--repeats", "1", "--candidates", "spawned", "--no-warmup", "--out", str(tmp_path / "bench"),
-                 "--engine-kwargs", '{"enforce_eager": true}', *FAST_CPU], timeout=1500)
+                 *FAST_CPU], timeout=1500)
     assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
     report = json.loads(open(last_json(r.stdout)["bench"]).read())
     assert report["warmup"] is None

@@ -106,6 +106,34 @@ def test_all_replicas_dead_is_an_error(tmp_path):
         run(tmp_path, n=6, dp=1, mode="single", gpus=1, engine_kwargs={"die_rank": 0})
 
 
+def test_a_replica_lost_with_the_joined_clusters_head_is_told_as_the_heads_loss(tmp_path):
+    """Killing a joined cluster's head closes its actors' sockets within a second, before the
+    watcher's third miss: the replica's death must be told as the head's (one line naming it), and
+    a death while the head answers stays the replica's."""
+    import socket
+
+    from evaluator.pool import Member, ReplicaPool
+    events = []
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]        # closed once the block ends: nothing listens there
+    pool = ReplicaPool(config(tmp_path, ray_address=f"127.0.0.1:{port}"), FakeReplica, lambda r: (), events.append)
+    gone = Member(0, actor=None)
+    pool.members = [gone]
+    with pytest.raises(RunFailed, match=f"head at 127.0.0.1:{port} stopped answering"):
+        pool.fail(gone, "died during generation: RpcError: Socket closed")
+    assert not any(isinstance(e, ReplicaFailed) for e in events)
+    with socket.socket() as head:
+        head.bind(("127.0.0.1", 0))
+        head.listen()
+        pool = ReplicaPool(config(tmp_path, ray_address=f"127.0.0.1:{head.getsockname()[1]}"), FakeReplica,
+                           lambda r: (), events.append)
+        dead = Member(0, actor=None)
+        pool.members = [dead]
+        pool.fail(dead, "died during generation")
+    assert pool.failures == ["replica 0: died during generation"] and not dead.alive
+
+
 def test_replica_timeout_during_generation(tmp_path):
     summary, rd, _ = run(tmp_path, n=8, replica_timeout_s=5, engine_kwargs={"hang_rank": 1})
     assert [s.index for s in rd.read_samples()] == list(range(8))

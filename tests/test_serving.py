@@ -179,8 +179,7 @@ def test_our_client_agrees_with_vllm_bench_serve(tiny_model, gsm8k_parquet, tmp_
     session does) measures that setting's cost."""
     r = run_cli(["-m", "evaluator.bench.serving", "--model", str(tiny_model), "--data", str(gsm8k_parquet),
                  "--device", "cpu", "--limit", "16", "--max-tokens", "32", "--concurrency", "2",
-                 "--repeats", "2", "--trust-env", "--cpu-memory-fraction", "0.1", "--max-model-len", "1024",
-                 "--engine-kwargs", '{"enforce_eager": true}', "--out", str(tmp_path)], timeout=1500)
+                 "--repeats", "2", "--trust-env", *FAST_CPU, "--out", str(tmp_path)], timeout=1500)
     assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
     headline = last_json(r.stdout)
     report = json.loads(Path(headline["bench"]).read_text())
