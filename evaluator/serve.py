@@ -336,7 +336,7 @@ def _summary(cfg, run_id, run_dir, attempt, levels, work, pool, served, memory, 
         failures=tuple(pool.failures), rerun_prompts=sum(r.retries for rs in by_level.values() for r in rs),
         resumed_prompts=resumed, timed_prompts=sum(len(rs) for rs in by_level.values()) - resumed,
         timed_completion_tokens=tokens, attempts=attempts_of(run_dir),
-        engine_env=engine_env(cfg.engine, engine_spec(cfg)), levels=tuple(records), traffic=work.shape(),
+        engine_env=engine_env(cfg.engine, engine_spec(cfg), serving=True), levels=tuple(records), traffic=work.shape(),
         capacity=found, memory=predict_for(cfg))
     run_dir.write_summary(summary)
     return summary

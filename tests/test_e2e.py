@@ -77,7 +77,7 @@ def test_layout_run_is_complete(layout_runs, name, dp, tp):
     assert summary.output_tokens_per_s == pytest.approx(summary.completion_tokens / summary.generate_s)
     assert summary.versions.get("ray") and summary.versions.get("torch")
     assert summary.compile in ("cold", "warm", "none")
-    assert summary.engine_env == {"VLLM_USE_AOT_COMPILE": "0"}
+    assert summary.engine_env == {"VLLM_USE_AOT_COMPILE": "0", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     lines = [json.loads(l) for l in (run.path / "samples.jsonl").read_text().splitlines()]
     assert all(l["schema_version"] == SCHEMA_VERSION for l in lines)
     assert json.loads((run.path / "summary.json").read_text())["schema_version"] == SCHEMA_VERSION

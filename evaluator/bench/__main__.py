@@ -65,10 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "caches, so the first measured engine does not pay compilation the later ones skip)")
     p.add_argument("--startup-only", action="store_true",
                    help="only start-up, 1 device: the bare engine as measured, bare without Ray's OMP_NUM_THREADS, "
-                        "bare with vLLM's EngineCore spawned (as inside a Ray actor), and our Ray replica")
+                        "bare with vLLM's EngineCore spawned (as inside a Ray actor), bare with the engine core in a process "
+                        "of its own (offline CPU engines keep it in process), and our Ray replica")
     p.add_argument("--candidates", default=None, metavar="KEYS",
                    help="with --startup-only: only these bare variants, comma-separated, of omp-unset, tokenizers-on, "
-                        "spawned (default all); the bare engine and the Ray replica always run")
+                        "spawned, engine-core (default all); the bare engine and the Ray replica always run")
     p.add_argument("--out", default="results/bench", help="the report goes to OUT/BENCH_ID/bench.json, "
                                                           "evaluator runs next to it")
     return p

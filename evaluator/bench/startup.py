@@ -5,6 +5,8 @@
     bare, tokenizers on     ... without our TOKENIZERS_PARALLELISM=false
     bare, EngineCore spawned  ... with VLLM_WORKER_MULTIPROC_METHOD=spawn, as vLLM forces inside a
                             Ray actor (what a replica that built its engine in the actor paid)
+    bare, EngineCore process  ... with VLLM_ENABLE_V1_MULTIPROCESSING=1: vLLM's engine core in a
+                            process of its own, which the backend turns off for offline CPU engines
     replica                 our Ray replica: the engine's own start-up, and the driver's view from
                             asking Ray for the actor to the engine being ready
 
@@ -30,9 +32,11 @@ CANDIDATES = {
     "bare, OMP unset": {"OMP_NUM_THREADS": None},
     "bare, tokenizers on": {"TOKENIZERS_PARALLELISM": None},
     "bare, EngineCore spawned": {"VLLM_WORKER_MULTIPROC_METHOD": "spawn"},
+    "bare, EngineCore process": {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"},
 }
 # --candidates names them by these keys; "bare" (the denominator) and the replica always run
-KEYS = {"omp-unset": "bare, OMP unset", "tokenizers-on": "bare, tokenizers on", "spawned": "bare, EngineCore spawned"}
+KEYS = {"omp-unset": "bare, OMP unset", "tokenizers-on": "bare, tokenizers on", "spawned": "bare, EngineCore spawned",
+        "engine-core": "bare, EngineCore process"}
 
 
 def chosen_candidates(text: str | None) -> list[str]:

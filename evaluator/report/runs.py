@@ -2,8 +2,8 @@
 
 Two keys decide it. Runs with the same speed key measured the same work under the same settings
 that change speed (model and data by fingerprint, prompts, sampling, engine and its kwargs, context
-length, device, CPU budget, workload and its load levels, and the environment: engine and torch
-versions, device name and count): only those share a baseline, a speedup, a break-even, a verdict
+length, device, CPU budget, workload and its load levels, the variables the backend set for the
+engine, and the environment: engine and torch versions, device name and count): only those share a baseline, a speedup, a break-even, a verdict
 (which also keeps cold and warm starts apart: start_state). Runs
 with the same answer key answered the same prompts with the same model, sampling and context:
 those are paired answer by answer (engines may differ: that is what is being compared). A resumed
@@ -85,7 +85,7 @@ def speed_key(run: FoundRun | RunSummary) -> tuple:
     prompts = s.prompts if c.workload == "offline" else None
     return (_data_id(run), c.model, c.tokenizer, c.engine, prompts, c.sampling, c.device, c.cpu_cores_per_device,
             c.cpu_memory_fraction, c.max_model_len, json.dumps(c.engine_kwargs, sort_keys=True), c.workload, c.serve,
-            c.deterministic, env)
+            c.deterministic, env, tuple(sorted(s.engine_env.items())))
 
 
 def start_state(run: FoundRun | RunSummary) -> str:

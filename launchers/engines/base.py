@@ -183,9 +183,10 @@ def server_launch(name: str, spec: EngineSpec, port: int, host: str = "127.0.0.1
     return backend(name).load().server_launch(spec, port, host, api_key)
 
 
-def engine_env(name: str, spec: EngineSpec) -> dict[str, str]:
-    """Environment variables the backend sets for its engine (recorded in summary.json)."""
-    return backend(name).load().engine_env(spec)
+def engine_env(name: str, spec: EngineSpec, serving: bool = False) -> dict[str, str]:
+    """Environment variables the backend sets for its engine (recorded in summary.json); serving:
+    for its OpenAI server rather than the offline engine."""
+    return backend(name).load().engine_env(spec, serving)
 
 
 def load_client_argv(name: str, **kwargs: Any) -> list[str]:

@@ -31,7 +31,7 @@ DEFAULT_KWARGS: dict[str, Any] = {"dtype": "auto", "batch_size": 16}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def engine_env(spec: EngineSpec) -> dict[str, str]:
+def engine_env(spec: EngineSpec, serving: bool = False) -> dict[str, str]:
     return {}
 
 

@@ -77,7 +77,7 @@ def read_log(lines: list[str]) -> StartFacts:
     return StartFacts(kv_cache_tokens=sum(kv) if kv else None, weights_gib=max(weights) if weights else None)
 
 
-def engine_env(spec: EngineSpec) -> dict[str, str]:
+def engine_env(spec: EngineSpec, serving: bool = False) -> dict[str, str]:
     return {}
 
 
