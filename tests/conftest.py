@@ -18,6 +18,14 @@ from pathlib import Path
 
 import pytest
 
+# A suite started with SIGINT ignored (a background job of a non-interactive shell: `make test &`)
+# hands that on to every evaluator and Ray process it starts, since an ignored signal stays ignored
+# across exec: Python then never raises KeyboardInterrupt (the Ctrl-C test's run went on to the
+# end, exit 0) and Ray's own SIGINT to its workers at shutdown does nothing (a "ray::Replica.close"
+# worker outlived its run). A handler, unlike SIG_IGN, is reset to the default in every child.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = "/tmp/engine.lock"
 
