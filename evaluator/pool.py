@@ -205,14 +205,14 @@ class ReplicaPool:
                 out[refs[ref]] = value
         return out
 
-    def _head_answers(self) -> OSError | None:
+    def _head_answers(self) -> Exception | None:
         """None where the joined cluster's GCS port takes a connection, else why not."""
         host, _, port = self.cfg.ray_address.removeprefix("ray://").rpartition(":")
         try:
             with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1.0):
                 return None
         except (OSError, ValueError) as e:
-            return e if isinstance(e, OSError) else OSError(str(e))
+            return e
 
     def _watch_head(self, every_s: float = 1.0, misses: int = 3) -> None:
         """A cluster we joined (--ray-address) can lose its head; Ray's own client would then stall,
@@ -226,7 +226,7 @@ class ReplicaPool:
                 self._lose_head(why)
                 return
 
-    def _lose_head(self, why: OSError) -> None:
+    def _lose_head(self, why: Exception) -> None:
         self.head_lost = f"the Ray cluster's head at {self.cfg.ray_address} stopped answering ({why})"
 
     def check_head(self, confirm: bool = False) -> None:
@@ -236,13 +236,13 @@ class ReplicaPool:
         failure, not the replica's."""
         if confirm and self.cfg.ray_address and not self.head_lost:
             for attempt in range(3):
+                if attempt:
+                    time.sleep(0.5)
                 why = self._head_answers()
                 if why is None:
                     break
-                if attempt == 2:
-                    self._lose_head(why)
-                else:
-                    time.sleep(0.5)
+            else:
+                self._lose_head(why)
         if self.head_lost:
             raise RunFailed(f"{self.head_lost}; its replicas are gone with it")
 

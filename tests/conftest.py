@@ -37,8 +37,8 @@ LOCK = "/tmp/engine.lock"
 # plan refused dp=2 there (no room for vLLM-CPU's ~0.6 GiB besides the cache), after other tests it
 # ran. The fraction stays for the engine's other memory. enforce_eager skips torch.compile, about
 # halving each engine start (a test-speed choice; the product forces nothing)
-FAST_KWARGS = '{"enforce_eager": true, "kv_cache_memory_bytes": 134217728}'
-FAST_CPU = ["--cpu-memory-fraction", "0.1", "--max-model-len", "1024", "--engine-kwargs", FAST_KWARGS]
+FAST_KWARGS = {"enforce_eager": True, "kv_cache_memory_bytes": 128 * 2**20}
+FAST_CPU = ["--cpu-memory-fraction", "0.1", "--max-model-len", "1024", "--engine-kwargs", json.dumps(FAST_KWARGS)]
 
 
 def skip_or_fail(reason: str) -> None:

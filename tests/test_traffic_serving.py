@@ -96,7 +96,7 @@ def test_a_capacity_search_brackets_and_resumes(tiny_model, gsm8k_parquet, tmp_p
             "--run-id", "cap", "--traffic", "synthetic:n=160,in=300,out=16,seed=3", "--capacity",
             "--capacity-start", "4", "--capacity-levels", "8", "--capacity-tolerance", "0.3",
             "--slo-ttft-ms", "500", "--level-prompts", "5x",
-            "--engine-kwargs", json.dumps({**json.loads(FAST_KWARGS), "max_num_seqs": 2})]
+            "--engine-kwargs", json.dumps({**FAST_KWARGS, "max_num_seqs": 2})]
     proc = start(args)
     rd = RunDir(tmp_path / "cap")
     wait_for(lambda: rd.read_requests(), proc, 1500, "the first probe on disk", every=0.1)

@@ -3,9 +3,9 @@
 Two keys decide it. Runs with the same speed key measured the same work under the same settings
 that change speed (model and data by fingerprint, prompts, sampling, engine and its kwargs, context
 length, device, CPU budget, workload and its load levels, the variables the backend set for the
-engine, and the environment: engine and torch versions, device name and count): only those share a baseline, a speedup, a break-even, a verdict
-(which also keeps cold and warm starts apart: start_state). Runs
-with the same answer key answered the same prompts with the same model, sampling and context:
+engine, and the environment: engine and torch versions, device name and count): only those share
+a baseline, a speedup, a break-even, a verdict (which also keeps cold and warm starts apart:
+start_state). Runs with the same answer key answered the same prompts with the same model, sampling and context:
 those are paired answer by answer (engines may differ: that is what is being compared). A resumed
 run keeps its row but gives no speedup and is no baseline: its speed covers part of its prompts.
 
