@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         traffic = load_run_traffic(cfg)
         if traffic is None:
             check_lengths(prompts, cfg)
+        from evaluator.serve import check_serving_plan
+        check_serving_plan(cfg, prompts, traffic)
         run_dir = RunDir(path)
         now, env_now = fingerprint(cfg.data, cfg.model, traffic_file(cfg)), environment(cfg.engine, cfg.device)
         if args.resume:

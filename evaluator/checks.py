@@ -80,6 +80,14 @@ def check_serve(cfg: RunConfig) -> None:
         raise UsageError(f"--slo-percentile must be in (0, 100] (got {sv.slo_percentile:g})")
     if sv.max_concurrency is not None and sv.max_concurrency < 1:
         raise UsageError(f"--max-concurrency must be at least 1 (got {sv.max_concurrency})")
+    if sv.warmup_requests < 0:
+        raise UsageError(f"--warmup-requests must be 0 (none) or more (got {sv.warmup_requests})")
+    if not (sv.level_min_s >= 0 and math.isfinite(sv.level_min_s)):
+        raise UsageError(f"--level-min-s must be 0 or a number of seconds (got {sv.level_min_s:g})")
+    if sv.capacity_repeats < 0:
+        raise UsageError(f"--capacity-repeats must be 0 or more (got {sv.capacity_repeats})")
+    if not 0.5 <= sv.slo_confidence < 1:
+        raise UsageError(f"--slo-confidence must be in [0.5, 1) (got {sv.slo_confidence:g})")
     if not sv.health_interval_s >= 0:
         raise UsageError(f"--health-interval must be 0 (off) or positive (got {sv.health_interval_s:g})")
     for v in (sv.levels if sv.level_kind == "replay" else ()):

@@ -116,9 +116,22 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = Parser) -> argpar
                    help="serve: closed-loop levels, requests in flight (default 1,4,16,64)")
     w.add_argument("--request-rate", type=levels, metavar="R,R,...",
                    help="serve: open-loop levels, Poisson arrivals in requests/s; inf = all at once")
-    w.add_argument("--level-prompts", default="all",
-                   help="serve: prompts each level sends: all, N (the first N) or Nx (N x the level's "
-                        "concurrency or rate, at most all)")
+    w.add_argument("--level-prompts", default="8x",
+                   help="serve: requests each level plans to send, all fresh (none an earlier level sent): all (the "
+                        "traffic's size), N, or Nx (N x the level's concurrency or rate, at most all). A GSM8K or "
+                        "file traffic that cannot give every level fresh requests is refused before any engine "
+                        "starts, unless --reuse-requests")
+    w.add_argument("--level-min-s", type=float, default=10.0, metavar="S",
+                   help="serve: a level goes on with more fresh requests (a concurrency level keeps its slots busy, a "
+                        "rate level its schedule) until it has lasted S seconds, from what no later level needs; "
+                        "0 = exactly the planned requests")
+    w.add_argument("--warmup-requests", type=int, default=8, metavar="N",
+                   help="serve: untimed requests per server before the first measured level, all in flight at "
+                        "once (prompts made for the warm-up, of the traffic's typical length; no level sends them); "
+                        "0 = none")
+    w.add_argument("--reuse-requests", action="store_true",
+                   help="serve: let levels re-send requests the servers already answered once the fresh ones run "
+                        "out (those levels are marked: prefix caching serves them)")
     w.add_argument("--slo-ttft-ms", type=float, help="serve: time-to-first-token goal; goodput counts requests meeting it")
     w.add_argument("--slo-tpot-ms", type=float, help="serve: time-per-output-token goal")
     w.add_argument("--request-timeout", type=float, default=600.0, metavar="S", help="serve: seconds one request may take")
@@ -139,6 +152,13 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = Parser) -> argpar
     w.add_argument("--capacity-levels", type=int, default=8, metavar="N", help="serve: at most N probes")
     w.add_argument("--capacity-tolerance", type=float, default=0.1, metavar="F",
                    help="serve: stop once the bracket's top / bottom is at most 1 + F")
+    w.add_argument("--capacity-repeats", type=int, default=2, metavar="N",
+                   help="serve: a probe whose percentile's interval straddles the SLO is run again at the same rate "
+                        "with fresh requests (pooled) up to N times, then decided by its point estimate; repeats "
+                        "count against --capacity-levels")
+    w.add_argument("--slo-confidence", type=float, default=0.9, metavar="C",
+                   help="serve: capacity: a probe holds when the C bootstrap interval of its percentile is within "
+                        "the SLO, misses when it is beyond; the capacity's own interval is at C too")
     w.add_argument("--slo-percentile", type=float, default=90.0, metavar="Q",
                    help="serve: capacity: the percentile of TTFT and TPOT (failed requests count as late) that "
                         "must meet the SLOs")
@@ -245,7 +265,10 @@ def serve_config(args: argparse.Namespace, traffic: str = "gsm8k") -> ServeConfi
                        request_timeout_s=args.request_timeout, traffic=traffic, capacity=args.capacity,
                        capacity_start=args.capacity_start, capacity_levels=args.capacity_levels,
                        capacity_tolerance=args.capacity_tolerance, slo_percentile=args.slo_percentile,
-                       max_concurrency=args.max_concurrency, health_interval_s=args.health_interval)
+                       max_concurrency=args.max_concurrency, health_interval_s=args.health_interval,
+                       warmup_requests=args.warmup_requests, level_min_s=args.level_min_s,
+                       reuse_requests=args.reuse_requests, capacity_repeats=args.capacity_repeats,
+                       slo_confidence=args.slo_confidence)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:

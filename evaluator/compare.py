@@ -169,6 +169,8 @@ def plan(engines: list[str], gpus: int, modes: tuple[str, ...], native: bool, wo
             out_list.append(Planned(label, workload, run_id, cfg))
         except UsageError as e:
             out_list.append(Planned(label, workload, run_id, None, str(e)))
+    if "serve" in workloads:
+        check_serving_flags(base_for(engines[0]), model, data, out)
     for workload in workloads:
         serve = " serve" if workload == "serve" else ""
         for c in candidates(engines, gpus, workload, modes, native):
@@ -180,6 +182,34 @@ def plan(engines: list[str], gpus: int, modes: tuple[str, ...], native: bool, wo
                 add(f"{c.label} {name}{serve}", workload, f"{c.name}-{name.removesuffix('.gguf')}{serve.replace(' ', '-')}",
                     c, str(Path(q).resolve()))
     return out_list
+
+
+def check_serving_flags(base: argparse.Namespace, model: str, data: str, out: Path) -> None:
+    """The serving flags, the traffic and what the levels need from it are the same for every
+    layout: checked once, now, on the single-device layout, so a bad one is one line and exit 2
+    before any folder is written or engine started (not a skip reason repeated per layout)."""
+    from evaluator.__main__ import load_run_traffic
+    from evaluator.checks import check_serve, check_lengths
+    from evaluator.cli import for_workload, serve_config
+    from evaluator.data import DataError, load_prompts
+    from evaluator.serve import check_serving_plan
+    from evaluator.traffic import TrafficError
+    args = for_workload(base, "serve", engine=base.engine, mode="single", gpus=1, dp=None, tp=None, data=data,
+                        output_dir=str(out), run_id="check", model=model)
+    try:
+        serve = serve_config(args, args.traffic)
+        probe = RunConfig(engine=args.engine, mode="single", gpus=1, dp=1, tp=1, model=model, data=data,
+                          device="cpu", sampling=SamplingConfig(max_tokens=args.max_tokens, seed=args.seed,
+                                                                temperature=args.temperature),
+                          limit=args.limit, max_model_len=args.max_model_len, workload="serve", serve=serve)
+        check_serve(probe)
+        prompts = load_prompts(data, model, args.limit)
+        traffic = load_run_traffic(probe)
+        if traffic is None:
+            check_lengths(prompts, probe)
+        check_serving_plan(probe, prompts, traffic)
+    except (TrafficError, DataError) as e:
+        raise UsageError(str(e)) from None
 
 
 # --- warm-up starts ---------------------------------------------------------------------------
@@ -207,7 +237,7 @@ def warmup_config(cfg: RunConfig, out: Path) -> RunConfig:
     serve = None
     if cfg.workload == "serve":
         serve = ServeConfig(level_kind="concurrency", levels=(1.0,), level_prompts="1",
-                            request_timeout_s=cfg.serve.request_timeout_s)
+                            request_timeout_s=cfg.serve.request_timeout_s, warmup_requests=0, level_min_s=0.0)
     return dataclasses.replace(cfg, mode=mode, gpus=dp * cfg.tp, dp=dp, limit=1, serve=serve,
                                sampling=SamplingConfig(max_tokens=2, seed=cfg.sampling.seed))
 

@@ -50,7 +50,8 @@ class RunProgress:
                 if t.total is not None and t.completed > t.total:
                     p.update(task, total=t.completed)   # it took over a dead replica's prompts
             case LevelStarted(label=label, position=k, levels=n, requests=requests):
-                self.level = p.add_task(f"level {k}/{n} {label}", total=requests, note="")
+                title = "warm-up (untimed)" if k == 0 else f"level {k}/{n} {label}"
+                self.level = p.add_task(title, total=requests, note="")
             case RequestDone(rank=rank):
                 if self.level is not None:
                     p.advance(self.level, 1)

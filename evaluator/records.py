@@ -18,7 +18,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class RecordError(ValueError):
@@ -59,7 +59,7 @@ class ServeConfig:
     speed, or (capacity) the rates a search for the highest one within the SLOs picks."""
     level_kind: str = "concurrency"            # "concurrency" (closed loop), "rate" (Poisson arrivals), "replay"
     levels: tuple[float, ...] = (1, 4, 16, 64)  # requests in flight, requests/s (inf = all at once), replay speeds
-    level_prompts: str = "all"                  # "all", "N" (first N requests) or "Nx" (N x the level's value)
+    level_prompts: str = "8x"                   # "all", "N" or "Nx" (N x the level's value) fresh requests
     slo_ttft_ms: float | None = None
     slo_tpot_ms: float | None = None
     request_timeout_s: float = 600.0
@@ -71,11 +71,20 @@ class ServeConfig:
     slo_percentile: float = 90.0                # capacity: this percentile of TTFT and TPOT must meet the SLOs
     max_concurrency: int | None = None          # rate/replay levels: at most this many in flight
     health_interval_s: float = 5.0              # how often the client asks busy servers' /health (hung servers)
+    warmup_requests: int = 8                    # untimed requests per server before the first level
+    level_min_s: float = 10.0                   # a level goes on with fresh requests until it lasted this long
+    reuse_requests: bool = False                # levels may re-send requests once the fresh ones run out (marked)
+    capacity_repeats: int = 2                   # an unsure probe is run again (fresh requests) up to this often
+    slo_confidence: float = 0.9                 # a probe holds when its percentile's interval at this level is within the SLO
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ServeConfig":
         d = dict(_strict(cls, d, "serve config"))
         d["levels"] = tuple(float(v) for v in d.get("levels", ()))
+        if "warmup_requests" not in d:
+            # written before fresh requests (schema 3): no warm-up, no minimum, the old default
+            d.update(warmup_requests=0, level_min_s=0.0, capacity_repeats=0, reuse_requests=True)
+            d.setdefault("level_prompts", "all")
         return cls(**d)
 
 
@@ -259,6 +268,7 @@ class RunSummary:
     traffic: dict = field(default_factory=dict)      # serving runs: what the load was (name and shape)
     capacity: dict | None = None      # serving runs with --capacity: the highest rate within the SLOs
     memory: dict = field(default_factory=dict)       # predicted before the run (evaluator.memory)
+    scored_from: dict | None = None   # serving runs: the levels whose answers are the run's accuracy, and why
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -30,7 +30,7 @@ from typing import Any
 
 from evaluator.serving.metrics import percentile
 from evaluator.traffic_request import TrafficError, TrafficRequest
-from evaluator.traffic_synthetic import synthetic
+from evaluator.traffic_synthetic import SyntheticTraffic
 
 JSONL_FIELDS = ("messages", "prompt", "output_tokens", "max_tokens", "timestamp", "session")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -72,11 +72,13 @@ class Traffic:
 
 
 def load_traffic(spec: str, tokenizer, *, max_model_len: int | None, default_max_tokens: int,
-                 seed: int = 0, limit: int | None = None) -> Traffic:
+                 seed: int = 0, limit: int | None = None) -> Traffic | SyntheticTraffic:
     """The traffic `spec` names (see the module docstring), its first `limit` requests only (files
     are read no further), every request checked: prompt_tokens + (max_tokens or
     default_max_tokens) must fit max_model_len when given. `seed` drives synthetic draws unless
-    the spec sets its own. Raises TrafficError, one line, for anything unusable."""
+    the spec sets its own; a synthetic shape is checked from its distributions and returned
+    unbuilt (SyntheticTraffic: its prompts are made when a level needs them). Raises TrafficError,
+    one line, for anything unusable."""
     if limit is not None and limit < 1:
         raise TrafficError(f"limit must be at least 1 request (got {limit})")
     if default_max_tokens < 1:
@@ -84,8 +86,10 @@ def load_traffic(spec: str, tokenizer, *, max_model_len: int | None, default_max
     if not getattr(tokenizer, "chat_template", None):
         raise TrafficError("the model's tokenizer has no chat template; prompt tokens cannot be counted as the server does")
     if spec.startswith("synthetic:"):
-        name, items = synthetic(spec, tokenizer, seed, limit)
-    elif spec.lower().endswith((".jsonl", ".json")):
+        traffic = SyntheticTraffic(spec, tokenizer, seed, limit)
+        traffic.check(max_model_len)
+        return traffic
+    if spec.lower().endswith((".jsonl", ".json")):
         if not os.path.isfile(spec):
             raise TrafficError(f"traffic file not found: {spec}")
         name = os.path.basename(spec)

@@ -138,8 +138,8 @@ class _PromptBuilder:
     can merge neighbours, so the templated prompt is re-tokenised and tokens added or removed at
     the end until it matches. passes: re-tokenisations each prompt needed (1 = exact at once)."""
 
-    def __init__(self, tokenizer, rng: random.Random):
-        self.tokenizer, self.rng = tokenizer, rng
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
         self.vocab = len(tokenizer)
         self.special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
         self.usable: dict[int, bool] = {}
@@ -154,13 +154,13 @@ class _PromptBuilder:
                                                   add_generation_prompt=True)
         return len(self.encode(text))
 
-    def draw(self, n: int) -> list[int]:
+    def draw(self, n: int, rng: random.Random) -> list[int]:
         """n random ids of tokens that decode to printable characters and encode back to
         themselves (a lone byte of a multi-byte character decodes to U+FFFD, which re-encodes as
         several; control characters make prompts no user sends)."""
         ids, misses = [], 0
         while len(ids) < n:
-            batch = [self.rng.randrange(self.vocab) for _ in range(n - len(ids))]
+            batch = [rng.randrange(self.vocab) for _ in range(n - len(ids))]
             self._check(sorted({i for i in batch if i not in self.usable}))
             found = [i for i in batch if self.usable[i]]
             ids += found
@@ -177,21 +177,21 @@ class _PromptBuilder:
             self.usable[i] = (i not in self.special and bool(text) and "\ufffd" not in text
                               and all(c.isprintable() or c in " \n" for c in text) and back == [i])
 
-    def prefix(self, tokens: int, taken: set[str]) -> str:
+    def prefix(self, tokens: int, taken: set[str], rng: random.Random) -> str:
         """A text of exactly `tokens` tokens on its own, different from those in `taken`."""
         for _ in range(MAX_ADJUST_PASSES):
-            ids = self.draw(tokens)
+            ids = self.draw(tokens, rng)
             for _ in range(MAX_ADJUST_PASSES):
                 text = self.tokenizer.decode(ids)
                 n = len(self.encode(text))
                 if n == tokens:
                     break
-                ids = ids + self.draw(tokens - n) if n < tokens else ids[:tokens - n]
+                ids = ids + self.draw(tokens - n, rng) if n < tokens else ids[:tokens - n]
             if n == tokens and text not in taken:
                 return text
         raise TrafficError(f"synthetic: cannot build {len(taken) + 1} distinct prefixes of exactly {tokens} tokens")
 
-    def content(self, where: str, tokens: int, prefix: str) -> str:
+    def content(self, where: str, tokens: int, prefix: str, rng: random.Random) -> str:
         """User content whose templated prompt is exactly `tokens` tokens, starting with `prefix`
         whose own tokens stay intact (so requests sharing it share those tokens)."""
         prefix_ids = self.encode(prefix) if prefix else []
@@ -200,18 +200,18 @@ class _PromptBuilder:
             raise TrafficError(f"{where}: the chat template alone takes {self.overhead} prompt tokens"
                                + (f" and the prefix {len(prefix_ids)}" if prefix_ids else "")
                                + f", so in must be at least {least}")
-        suffix, n = self.draw(tokens - self.overhead - len(prefix_ids)), None
+        suffix, n = self.draw(tokens - self.overhead - len(prefix_ids), rng), None
         for passes in range(1, MAX_ADJUST_PASSES + 1):
             content = prefix + self.tokenizer.decode(suffix)
             if suffix and prefix_ids and self.encode(content)[:len(prefix_ids)] != prefix_ids:
-                suffix[:1] = self.draw(1)    # the first token merged into the prefix's last: another
+                suffix[:1] = self.draw(1, rng)    # the first token merged into the prefix's last: another
                 continue
             n = self.count(content)
             if n == tokens:
                 self.passes.append(passes)
                 return content
             if n < tokens:
-                suffix += self.draw(tokens - n)
+                suffix += self.draw(tokens - n, rng)
             elif suffix:
                 del suffix[tokens - n:]
             else:
@@ -220,29 +220,165 @@ class _PromptBuilder:
                            f"(decoded tokens keep merging; last try: {n})")
 
 
+# the tail a length check allows for: an unbounded distribution draws beyond its bound this rarely
+TAIL = 1e-6
+TAIL_Z = 4.753424308822899          # the standard normal's 1 - TAIL quantile
+
+
+def upper_bound(d: _Dist) -> float:
+    """The largest length `d` draws, except once in 1/TAIL draws for an unbounded normal or
+    lognormal (whose tails have no end): what a context check must allow for."""
+    if d.kind == "fixed":
+        top = d.a
+    elif d.kind == "uniform":
+        top = d.b
+    elif d.kind == "normal":
+        top = d.a + TAIL_Z * d.b
+    else:
+        top = d.a * math.exp(TAIL_Z * d.b) if TAIL_Z * d.b < 700 else math.inf
+    if d.hi is not None:
+        top = min(top, d.hi)
+    if d.lo is not None:
+        top = max(top, d.lo)
+    return max(1, math.floor(top + 0.5)) if math.isfinite(top) else math.inf
+
+
+def lower_bound(d: _Dist) -> float:
+    """The smallest length `d` draws, except once in 1/TAIL draws for an unbounded tail."""
+    if d.kind == "fixed":
+        low = d.a
+    elif d.kind == "uniform":
+        low = d.a
+    elif d.kind == "normal":
+        low = d.a - TAIL_Z * d.b
+    else:
+        low = d.a * math.exp(-TAIL_Z * d.b)
+    if d.lo is not None:
+        low = max(low, d.lo)
+    if d.hi is not None:
+        low = min(low, d.hi)
+    return max(1, math.floor(low + 0.5))
+
+
+class SyntheticTraffic:
+    """A synthetic shape as an endless stream of requests, none built before it is needed: the
+    lengths are drawn (cheap), checked, and only then are the prompts made. `requests` is the
+    spec's first n (drawn from Random(seed), request by request: the first k requests of n=200 are
+    those of n=k); `stream(key)` is a stream of its own, seeded by the key as well (a load level
+    draws its requests afresh from the stream of its label), sharing the prefixes."""
+    fixed_output = True
+    has_timestamps = False
+    has_sessions = False
+
+    def __init__(self, spec: str, tokenizer, seed: int, limit: int | None):
+        values = _parse_synthetic(spec)
+        self.n = _int(values, "n", 100, 1)
+        self.prefix_tokens = _int(values, "prefix", 0, 0)
+        self.prefixes = _int(values, "prefixes", 1, 1)
+        self.seed = _int(values, "seed", seed, None)
+        if self.prefixes > 1 and self.prefix_tokens == 0:
+            raise TrafficError(f"synthetic: prefixes={self.prefixes} needs prefix=<tokens> above 0")
+        self.in_dist, self.out_dist = _dist("in", values["in"]), _dist("out", values["out"])
+        if limit is not None:
+            self.n = min(self.n, limit)
+        self.tokenizer = tokenizer
+        self.name = "synthetic " + " ".join(f"{k}={v}" for k, v in values.items())
+        self._builder: _PromptBuilder | None = None
+        self._prefix_texts: list[str] | None = None
+        self._requests: tuple[TrafficRequest, ...] | None = None
+
+    @property
+    def builder(self) -> _PromptBuilder:
+        if self._builder is None:
+            self._builder = _PromptBuilder(self.tokenizer)
+        return self._builder
+
+    def check(self, max_model_len: int | None) -> None:
+        """Refuse, before any prompt is built, a shape that can draw a request beyond the context
+        or below what the chat template alone takes (an unbounded tail: beyond what it draws once
+        in a million)."""
+        least = self.builder.overhead + max(self.prefix_tokens, 1)
+        low = lower_bound(self.in_dist)
+        if low < least:
+            what = (f"in={self.in_dist.text}" if self.in_dist.kind == "fixed"
+                    else f"in={self.in_dist.text} can draw {low} token{'s' if low > 1 else ''}")
+            raise TrafficError(f"synthetic: {what}: the chat template alone takes {self.builder.overhead} prompt tokens"
+                               + (f" and the prefix {self.prefix_tokens}" if self.prefix_tokens else "")
+                               + f", so in must be at least {least}"
+                               + ("" if self.in_dist.kind == "fixed" else f" (bound it: [{least}:])"))
+        if max_model_len is None:
+            return
+        top_in, top_out = upper_bound(self.in_dist), upper_bound(self.out_dist)
+        if top_in + top_out <= max_model_len:
+            return
+        fixed = self.in_dist.kind == "fixed" and self.out_dist.kind == "fixed"
+        largest = "" if fixed else " at their largest (an unbounded tail: what one draw in a million exceeds)"
+        top = lambda v: "unbounded" if not math.isfinite(v) else f"{v:,.0f}"
+        room = max_model_len - (top_out if math.isfinite(top_out) else 1)
+        d = self.in_dist
+        body = re.sub(r"\[[^\]]*\]$", "", d.text.replace(" ", ""))
+        low = "" if d.lo is None else f"{d.lo:g}"
+        hint = (f"; bound it, e.g. in={body}[{low}:{room}]" if not fixed and room >= 1
+                else "; lower in/out or raise --max-model-len")
+        raise TrafficError(f"synthetic: in={self.in_dist.text} ({top(top_in)} tokens) + out={self.out_dist.text} "
+                           f"({top(top_out)} tokens){largest} exceed max_model_len {max_model_len}{hint}")
+
+    def prefix_texts(self) -> list[str]:
+        if self._prefix_texts is None:
+            rng = random.Random(f"{self.seed}/prefixes")
+            texts: list[str] = []
+            for _ in range(self.prefixes if self.prefix_tokens else 0):
+                texts.append(self.builder.prefix(self.prefix_tokens, set(texts), rng))
+            self._prefix_texts = texts
+        return self._prefix_texts
+
+    def stream(self, key: str | None = None) -> "SyntheticStream":
+        return SyntheticStream(self, random.Random(self.seed if key is None else f"{self.seed}/{key}"))
+
+    @property
+    def requests(self) -> tuple[TrafficRequest, ...]:
+        if self._requests is None:
+            self._requests = tuple(self.stream().take(self.n))
+        return self._requests
+
+    def lengths(self, n: int) -> list[tuple[int, int]]:
+        """The (in, out) lengths of the spec's first n requests, no prompt built."""
+        rng = random.Random(self.seed)
+        return [(self.in_dist.draw(rng), self.out_dist.draw(rng)) for _ in range(n)]
+
+    def shape(self) -> dict:
+        from evaluator.serving.metrics import percentile
+        pairs = self.lengths(self.n)
+        d: dict = {"requests": self.n}
+        for key, values in (("prompt_tokens", [a for a, _ in pairs]), ("max_tokens", [b for _, b in pairs])):
+            d[f"{key}_mean"] = sum(values) / len(values) if values else None
+            d[f"{key}_p50"] = percentile(values, 50)
+            d[f"{key}_p90"] = percentile(values, 90)
+        return d
+
+
+class SyntheticStream:
+    """Requests drawn one after another from one seeded random stream: lengths, then content."""
+
+    def __init__(self, traffic: SyntheticTraffic, rng: random.Random):
+        self.traffic, self.rng, self.count = traffic, rng, 0
+
+    def take(self, k: int) -> list[TrafficRequest]:
+        t, out = self.traffic, []
+        texts = t.prefix_texts()
+        for _ in range(k):
+            i = self.count
+            in_tokens, out_tokens = t.in_dist.draw(self.rng), t.out_dist.draw(self.rng)
+            where = (f"synthetic: in={t.in_dist.text}" if t.in_dist.kind == "fixed"
+                     else f"synthetic request {i}: in={in_tokens} (drawn from {t.in_dist.text})")
+            content = t.builder.content(where, in_tokens, texts[i % t.prefixes] if texts else "", self.rng)
+            out.append(TrafficRequest(index=i, messages=({"role": "user", "content": content},),
+                                      prompt_tokens=in_tokens, max_tokens=out_tokens))
+            self.count += 1
+        return out
+
+
 def synthetic(spec: str, tokenizer, seed: int, limit: int | None) -> tuple[str, list[tuple[str, TrafficRequest]]]:
-    values = _parse_synthetic(spec)
-    n = _int(values, "n", 100, 1)
-    prefix_tokens = _int(values, "prefix", 0, 0)
-    prefixes = _int(values, "prefixes", 1, 1)
-    seed = _int(values, "seed", seed, None)
-    if prefixes > 1 and prefix_tokens == 0:
-        raise TrafficError(f"synthetic: prefixes={prefixes} needs prefix=<tokens> above 0")
-    in_dist, out_dist = _dist("in", values["in"]), _dist("out", values["out"])
-    if limit is not None:
-        n = min(n, limit)
-    rng = random.Random(seed)
-    builder = _PromptBuilder(tokenizer, rng)
-    texts: list[str] = []
-    for _ in range(prefixes if prefix_tokens else 0):
-        texts.append(builder.prefix(prefix_tokens, set(texts)))
-    items = []
-    for i in range(n):
-        # one rng, drawn request by request: the first k requests of n=200 are those of n=k
-        in_tokens, out_tokens = in_dist.draw(rng), out_dist.draw(rng)
-        where = (f"synthetic: in={in_dist.text}" if in_dist.kind == "fixed"
-                 else f"synthetic request {i}: in={in_tokens} (drawn from {in_dist.text})")
-        content = builder.content(where, in_tokens, texts[i % prefixes] if texts else "")
-        items.append((f"synthetic request {i}", TrafficRequest(
-            index=i, messages=({"role": "user", "content": content},), prompt_tokens=in_tokens, max_tokens=out_tokens)))
-    return "synthetic " + " ".join(f"{k}={v}" for k, v in values.items()), items
+    """The spec's first n requests, built now (what load_traffic's callers of files get)."""
+    t = SyntheticTraffic(spec, tokenizer, seed, limit)
+    return t.name, [(f"synthetic request {r.index}", r) for r in t.requests]

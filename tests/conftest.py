@@ -111,7 +111,9 @@ def wait_for(found, proc: subprocess.Popen, timeout: float, what: str, every: fl
     raise AssertionError(f"waited {timeout} s for {what} in vain")
 
 
-HEADLINE_SERVE = ["--concurrency", "1,4", "--slo-ttft-ms", "60000"]
+# two levels of fresh prompts (c=1: 2, c=4: 8 of the 13), a short warm-up, no minimum duration
+HEADLINE_SERVE = ["--concurrency", "1,4", "--level-prompts", "2x", "--level-min-s", "0", "--warmup-requests", "2",
+                  "--slo-ttft-ms", "60000"]
 
 
 @pytest.fixture(scope="session")

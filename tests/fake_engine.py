@@ -17,7 +17,7 @@ import re
 import time
 
 from evaluator.records import Completion, SamplingConfig
-from launchers.replica import Replica
+from launchers.replica import Replica, ServerReplica
 
 
 class FakeEngine:
@@ -61,3 +61,33 @@ class FakeReplica(Replica):
         t0 = time.perf_counter()
         self.engine = FakeEngine(self.rank, b)
         return {**self.info(), "startup_s": time.perf_counter() - t0}
+
+
+class FakeServerReplica(ServerReplica):
+    """A real HTTP server with a fake engine behind it (evaluator.bench.fakeserver) in place of
+    the engine's own server, for fast tests of the serving driver: fresh requests, warm-up,
+    windows, capacity probes. engine_kwargs: tokens, ttft_s, gap_s, ttft_per_inflight_s, log (a
+    file each request's messages are appended to)."""
+
+    def start(self):
+        import subprocess
+        import sys
+        from evaluator.bench.fakeserver import free_port
+        from launchers.replica import _healthy
+        b = self.spec.engine_kwargs
+        port = free_port()
+        argv = [sys.executable, "-m", "evaluator.bench.fakeserver", "--port", str(port),
+                "--tokens", str(b.get("tokens", 4)), "--ttft-s", str(b.get("ttft_s", 0.0)),
+                "--gap-s", str(b.get("gap_s", 0.0)), "--ttft-per-inflight-s", str(b.get("ttft_per_inflight_s", 0.0))]
+        if b.get("log"):
+            argv += ["--log", b["log"]]
+        url = f"http://127.0.0.1:{port}"
+
+        def run():
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+            while not _healthy(url + "/health"):
+                if self.proc.poll() is not None:
+                    raise RuntimeError("the fake server exited")
+                time.sleep(0.1)
+            return {"url": url, "model_name": "fake", "server_pid": self.proc.pid, "argv": argv}
+        return self._timed_start(run)

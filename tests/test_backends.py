@@ -241,7 +241,7 @@ def test_capacity_judge_counts_failed_requests_as_late():
     from evaluator.serving.records import RequestResult
     ok = [RequestResult(i, "rate=1/s", 0, True, None, False, 0, 0.0, 0.1, (0.01,), 0.2, 5, 11, "x") for i in range(9)]
     bad = RequestResult(9, "rate=1/s", 0, False, "boom", False, 0, 0.0, None, (), None, 0, 0, "")
-    p = judge(ok + [bad], 1.0, 10.0, 90, slo_ttft_ms=500, slo_tpot_ms=50)
+    p = judge([ok + [bad]], 1.0, 10.0, 90, slo_ttft_ms=500, slo_tpot_ms=50)
     assert p.passed and p.ttft_ms == pytest.approx(100.0)           # p90 of 9 x 100 ms and one inf
-    assert not judge(ok[:8] + [bad, bad], 1.0, 10.0, 90, 500, None).passed
-    assert math.isinf(judge([bad], 1.0, 1.0, 50, 500, None).ttft_ms)
+    assert not judge([ok[:8] + [bad, bad]], 1.0, 10.0, 90, 500, None).passed
+    assert math.isinf(judge([[bad]], 1.0, 1.0, 50, 500, None).ttft_ms)

@@ -24,7 +24,8 @@ def test_the_headline_command_plans_offline_and_serving_layouts(tiny_model, gsm8
     """9af920f passed --concurrency to the offline runs too, which refused it: every offline
     layout was skipped ("skip vllm 1x1: --concurrency ... are for --workload serve")."""
     r = run_cli(headline(tiny_model, gsm8k_parquet, tmp_path / "c", "--workload", "both", "--dry-run", "--",
-                         "--device", "cpu", "--limit", "4", "--concurrency", "1,16,64"), lock=False, timeout=120)
+                         "--device", "cpu", "--limit", "4", "--concurrency", "1,16,64",
+                         "--level-prompts", "1"), lock=False, timeout=120)
     assert r.returncode == 0, r.stderr
     for label in ("vllm 1x1", "vllm 2x1", "vllm 1x2", "vllm 1x1 serve", "vllm 2x1 serve", "vllm 1x2 serve"):
         assert f"run  {label}\n" in r.stderr, r.stderr
@@ -36,7 +37,8 @@ def test_the_headline_command_plans_offline_and_serving_layouts(tiny_model, gsm8
 def test_serving_flags_reach_serving_runs_only(tiny_model, gsm8k_parquet, tmp_path):
     layouts = compare.plan(["vllm"], 2, ("single", "dp"), True, ["offline", "serve"], str(tiny_model),
                            str(gsm8k_parquet), tmp_path, ["--device", "cpu", "--limit", "4", "--concurrency", "1,16",
-                                                          "--slo-ttft-ms", "500", "--max-tokens", "32"])
+                                                          "--slo-ttft-ms", "500", "--max-tokens", "32",
+                                                          "--level-prompts", "2"])
     offline = [p for p in layouts if p.workload == "offline" and p.config]
     serve = [p for p in layouts if p.workload == "serve" and p.config]
     assert [p.run_id for p in offline] == ["vllm-single", "vllm-dp2"]
@@ -114,7 +116,8 @@ def test_warmup_configs_are_one_per_compile_configuration(tiny_model, gsm8k_parq
     """dp=2 of single-device engines compiles what single compiles: one warm-up serves both; tp=2
     compiles its own graphs; a serving start is its own (the server's defaults differ)."""
     layouts = compare.plan(["vllm"], 2, ("single", "dp", "tp"), False, ["offline", "serve"], str(tiny_model),
-                           str(gsm8k_parquet), tmp_path, ["--device", "cpu", "--limit", "4"])
+                           str(gsm8k_parquet), tmp_path, ["--device", "cpu", "--limit", "4", "--concurrency", "1",
+                                                          "--level-prompts", "1"])
     keys = {}
     for p in layouts:
         keys.setdefault(compare.warmup_key(p.config), []).append(p.run_id)

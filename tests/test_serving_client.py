@@ -307,13 +307,17 @@ def test_all_endpoints_dead_every_request_still_has_a_result(dead_url):
     assert set(eps.dead) == {0, 1}
 
 
-def test_percentile_matches_numpy_linear_on_known_values():
+def test_percentile_is_the_nearest_rank_with_failures_as_infinitely_late():
+    """One definition (numpy's inverted_cdf, the nearest rank) for tables and the capacity judge:
+    p90 <= x means at least 90% of the requests were within x; a failure (inf) takes part."""
     assert percentile([], 50) is None
     assert percentile([10.0], 99) == 10.0
-    assert percentile([4, 1, 3, 2], 50) == 2.5
+    assert percentile([4, 1, 3, 2], 50) == 2            # not 2.5: no interpolation
     assert percentile([1, 2, 3, 4], 0) == 1 and percentile([1, 2, 3, 4], 100) == 4
-    assert percentile([1, 2, 3, 4], 90) == pytest.approx(3.7)
-    assert percentile([15, 20, 35, 40, 50], 40) == pytest.approx(29.0)
+    assert percentile([1, 2, 3, 4], 90) == 4
+    assert percentile([15, 20, 35, 40, 50], 40) == 20
+    inf = float("inf")
+    assert percentile([*range(1, 10), inf], 90) == 9 and percentile([*range(1, 10), inf], 91) == inf
     with pytest.raises(ValueError):
         percentile([1.0], 101)
 
@@ -338,9 +342,11 @@ def test_level_stats_goodput_with_slos_on_hand_made_results():
     assert s.request_per_s == 1.5 and s.goodput_rps == 0.5 and s.slo_met == pytest.approx(1 / 5)
     assert s.output_tokens_per_s == 33 / 2 and s.output_tokens_per_s_per_gpu == 33 / 4
     assert s.tokens_per_s_per_user == pytest.approx((10 + 10 + 1 / 0.3) / 3)
-    assert s.ttft_ms_p50 == pytest.approx(100) and s.ttft_ms_mean == pytest.approx(700 / 3)
-    assert s.itl_ms_p50 == pytest.approx(200) and s.itl_ms_p90 == pytest.approx(440)   # 0.1 0.1 0.3 0.5
-    assert s.e2e_ms_p50 == pytest.approx(1500) and s.tpot_ms_p99 == pytest.approx(296, rel=1e-6)
+    # percentiles over all five requests, the two failed ones infinitely late; means over the answered
+    assert s.ttft_ms_p50 == pytest.approx(500) and s.ttft_ms_mean == pytest.approx(700 / 3)   # 100 100 500 inf inf
+    assert s.itl_ms_p50 == pytest.approx(100) and s.itl_ms_p90 == pytest.approx(500)   # 0.1 0.1 0.3 0.5
+    assert s.e2e_ms_p50 == pytest.approx(3100) and s.tpot_ms_p50 == pytest.approx(300)
+    assert s.tpot_ms_p99 == float("inf") and s.e2e_ms_p99 == float("inf")
     # an E2E SLO alone; and no SLO at all: every ok request is good
     assert level_stats(results, 2.0, 2, None, None, slo_e2e_ms=1200).goodput_rps == 0.5
     assert level_stats(results, 2.0, 2, None, None).goodput_rps == s.request_per_s

@@ -96,13 +96,19 @@ def _accuracy_test(metric: str, pairs: list[tuple[Sample, Sample]]) -> AccuracyT
                         lost=lost, gained=gained, p_value=mcnemar_exact_p(lost, gained))
 
 
-def compare_samples(baseline: list[Sample], other: list[Sample]) -> Equivalence:
+def compare_samples(baseline: list[Sample], other: list[Sample], common: bool = False) -> Equivalence:
     """Pair the two runs' samples by global index (never by position: shards finish in any order)
-    and measure how far they agree. Both must hold exactly the same indices."""
+    and measure how far they agree. Both must hold exactly the same indices, or (common=True: a
+    serving run, whose levels each answered their own fresh prompts) the prompts both answered."""
     base = {s.index: s for s in baseline}
     mine = {s.index: s for s in other}
     if len(base) != len(baseline) or len(mine) != len(other):
         raise AnalysisError("a run holds the same index twice")
+    if common:
+        shared = base.keys() & mine.keys()
+        if not shared:
+            raise AnalysisError("the runs answered no prompt in common")
+        base, mine = {i: base[i] for i in shared}, {i: mine[i] for i in shared}
     if base.keys() != mine.keys():
         only_base, only_other = sorted(base.keys() - mine.keys()), sorted(mine.keys() - base.keys())
         raise AnalysisError(f"the runs answered different prompts (only in baseline: {only_base[:5]}, "

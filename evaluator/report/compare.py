@@ -54,8 +54,10 @@ def reference_run(group: list[FoundRun]) -> FoundRun | None:
 
 
 def _pair(base: FoundRun, run: FoundRun, cache: dict[Path, list[Sample]]) -> Pair:
+    # a serving run's levels each answered fresh prompts: it is paired on the prompts both answered
+    common = "serve" in (base.summary.config.workload, run.summary.config.workload)
     try:
-        return Pair(base, run, analysis.compare_samples(_samples(base, cache), _samples(run, cache)))
+        return Pair(base, run, analysis.compare_samples(_samples(base, cache), _samples(run, cache), common))
     except (OSError, json.JSONDecodeError, KeyError, TypeError, analysis.AnalysisError) as e:
         return Pair(base, run, None, f"{type(e).__name__}: {e}")
 
@@ -77,6 +79,17 @@ def pairs_of(group: list[FoundRun], chosen: FoundRun | None, cache: dict[Path, l
             twin = offline_twin(r, group)
             if twin is not None:
                 out.append(_pair(twin, r, cache))
+    return out
+
+
+def unpaired_serving(group: list[FoundRun]) -> list[str]:
+    """Why a serving run of the group has no offline twin to be paired with, one line each."""
+    out = []
+    for r in group:
+        c = r.summary.config
+        if c.workload == "serve" and offline_twin(r, group) is None:
+            out.append(f"{run_label(r, group)}: not paired with an offline run: none of the same engine, layout and "
+                       f"settings answered these prompts here (run --workload both)")
     return out
 
 
@@ -125,7 +138,10 @@ def print_equivalence(group: list[FoundRun], pairs: list[Pair], console: Console
     console.print(t)
     console.print("identical output = same first answer text; same answer = same flexible prediction; "
                   "p = two-sided exact McNemar test on the prompts only one of the two got right "
-                  "(p ≥ 0.05: the difference can be noise).", style="dim")
+                  "(p ≥ 0.05: the difference can be noise); a serving run is paired on the prompts both runs "
+                  "answered (its levels each sent fresh prompts).", style="dim")
+    for line in unpaired_serving(group):
+        console.print(line, style="dim", markup=False, highlight=False)
 
 
 def costs_of(group: list[FoundRun]) -> dict[Path, analysis.Cost]:

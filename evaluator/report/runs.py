@@ -120,10 +120,12 @@ def describe_speed_group(group: list[FoundRun], with_state: bool = True) -> str:
 
 
 def answer_key(run: FoundRun | RunSummary) -> tuple:
-    """Runs with the same key can be compared answer by answer."""
+    """Runs with the same key can be compared answer by answer. A serving run's prompt count is
+    left out: its levels each answered fresh prompts of the data, so it is paired on the prompts
+    it shares with the other run (groups() puts it with the offline runs of the same data)."""
     s = _summary(run)
     c = s.config
-    return (_data_id(run), s.prompts, c.sampling, c.max_model_len)
+    return (_data_id(run), s.prompts if c.workload == "offline" else None, c.sampling, c.max_model_len)
 
 
 def baseline_for(run: FoundRun, runs: list[FoundRun]) -> FoundRun | None:
@@ -168,11 +170,14 @@ def groups(runs: list[FoundRun]) -> list[list[FoundRun]]:
     """Runs that can be paired (answer_key), in order of first appearance; runs that scored no
     answers (serving traffic other than GSM8K) pair with nothing."""
     out: dict[tuple, list[FoundRun]] = {}
-    for r in runs:
-        if r.summary.strict_accuracy is None:
-            continue
+    scored = [r for r in runs if r.summary.strict_accuracy is not None]
+    for r in [r for r in scored if r.summary.config.workload == "offline"]:
         out.setdefault(answer_key(r), []).append(r)
-    return list(out.values())
+    for r in [r for r in scored if r.summary.config.workload != "offline"]:
+        key = answer_key(r)
+        same = [k for k in out if (k[0], k[2], k[3]) == (key[0], key[2], key[3])]
+        out.setdefault(same[-1] if same else key, []).append(r)
+    return sorted(out.values(), key=lambda g: min(runs.index(r) for r in g))
 
 
 class ReportError(ValueError):

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from evaluator.report.runs import FoundRun, run_label
+from evaluator.serving.metrics import PERCENTILE_RULE
 
 
 def serving_runs(runs: list[FoundRun]) -> list[FoundRun]:
@@ -20,7 +21,11 @@ def serving_runs(runs: list[FoundRun]) -> list[FoundRun]:
 
 
 def _ms(v) -> str:
-    return "-" if v is None else f"{v:.0f}" if v >= 100 else f"{v:.1f}"
+    if v is None:
+        return "-"
+    if v == float("inf"):
+        return "∞"
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}"
 
 
 def _f(v, fmt) -> str:
@@ -40,9 +45,47 @@ def _server(level: dict, key: str):
     return (level.get("server") or {}).get(key)
 
 
+def _sent(l: dict) -> str:
+    """Requests the level sent (the window's in brackets when it is a part of them)."""
+    whole = (l.get("whole") or {}).get("requests", l["requests"])
+    return f"{whole}" if whole == l["requests"] else f"{whole} ({l['requests']})"
+
+
+def _failed(l: dict) -> str:
+    """Failed requests of the window (of them timed out), rejected ones, skipped later turns."""
+    failed = l["errors"] + l.get("rejected", 0)
+    text = f"{failed}" + (f" ({l['timeouts']} t/o)" if l.get("timeouts") else "")
+    return text + (f" +{l['skipped']} skipped" if l.get("skipped") else "")
+
+
+def _window(l: dict) -> str:
+    w = l.get("window")
+    if not w:
+        return "whole"
+    if not w.get("steady"):
+        return "whole"
+    return f"{w['end_s'] - w['start_s']:.1f}/{l.get('level_duration_s', 0):.1f}"
+
+
+def prefix_flag(l: dict) -> str:
+    """The level's prefix-cache hit rate, marked where the traffic does not explain it: requests
+    re-sent (--reuse-requests), or hits beyond the share of the prompt that all its requests have
+    in common (the chat template's header) on traffic without shared prefixes or sessions."""
+    rate = _server(l, "prefix_hit_rate")
+    if rate is None:
+        return "-"
+    text = _percent(rate)
+    if l.get("reused"):
+        return text + " re-sent"
+    share = l.get("template_share")
+    if not l.get("traffic_repeats") and share is not None and rate > share + 0.05:
+        return text + " !"
+    return text
+
+
 LEVEL_COLUMNS = [
-    ("level", lambda l: l["level"]), ("requests", lambda l: str(l["requests"])),
-    ("err/retry", lambda l: f"{l['errors']}/{l['retries']}"), ("req/s", lambda l: _f(l["request_per_s"], ".2f")),
+    ("level", lambda l: l["level"]), ("sent (window)", _sent), ("failed", _failed),
+    ("window s", _window), ("retry", lambda l: str(l["retries"])), ("req/s", lambda l: _f(l["request_per_s"], ".2f")),
     ("out tok/s", lambda l: _f(l["output_tokens_per_s"], ".0f")),
     ("tok/s/GPU", lambda l: _f(l["output_tokens_per_s_per_gpu"], ".0f")),
     ("tok/s/user", lambda l: _f(l["tokens_per_s_per_user"], ".1f")),
@@ -57,8 +100,19 @@ LEVEL_COLUMNS = [
     ("run/wait max", lambda l: f"{_f(_server(l, 'running_max'), '.0f')}/{_f(_server(l, 'waiting_max'), '.0f')}"),
     ("KV use max", lambda l: _percent(_server(l, "kv_usage_max"))),
     ("preempt", lambda l: _f(_server(l, "preemptions"), ".0f")),
+    ("prefix hits", prefix_flag),
     ("flex acc", lambda l: "-" if l.get("flexible_accuracy") is None else f"{l['flexible_accuracy']:.3f}"),
 ]
+
+LEGEND = ("Each level's figures are over its steady-state window (from when the requests in flight first reach their "
+          "plateau to the last arrival; 'window s' = its length / the level's; 'whole' where it was too short to "
+          "stand alone), the whole level's kept in summary.json. " + PERCENTILE_RULE + "; means are over answered "
+          "requests. sent = requests the level sent, fresh unless marked (window: those sent inside it); failed = "
+          "errors and rejections in the window (t/o: timeouts), skipped = later turns of a broken session. TTFT = "
+          "request sent to first token; TPOT = (end-to-end - TTFT) / (output tokens - 1); ITL = gaps between "
+          "streamed chunks of answered requests; tok/s/user = mean 1/TPOT; goodput = requests answered in the window "
+          "meeting every SLO given, per second (= req/s without SLOs); tokens from the server's usage. prefix hits: "
+          "'!' = more than the prompts' common header explains, 're-sent' = requests an earlier level sent.")
 
 
 def level_columns(price_per_gpu_hour: float | None) -> list[tuple[str, object]]:
@@ -96,9 +150,7 @@ def print_levels(runs: list[FoundRun], console: Console, price_per_gpu_hour: flo
             t.add_row(run_label(r, served) if i == 0 else "", *(cell(level) for _, cell in cols),
                       end_section=i == len(r.summary.levels) - 1)
     console.print(t)
-    console.print("TTFT = request sent to first token; TPOT = (end-to-end - TTFT) / (output tokens - 1); ITL = "
-                  "gaps between streamed chunks; tok/s/user = mean 1/TPOT; goodput = requests/s meeting every SLO "
-                  "given (= req/s without SLOs); tokens from the server's usage.", style="dim", highlight=False)
+    console.print(LEGEND, style="dim", highlight=False)
     for line in sentences(served, price_per_gpu_hour):
         console.print(line, highlight=False, markup=False)
 
@@ -238,10 +290,30 @@ def capacity_sentence(group: list[FoundRun], price_per_gpu_hour: float | None = 
             continue
         top = f"{c['lowest_failed']:g}" if c["lowest_failed"] is not None else "not reached"
         cost = cost_per_million_at(_gpus(r), c.get("output_tokens_per_s") or 0, price_per_gpu_hour)
-        parts.append(f"{run_label(r, group)} holds {c['rate']:g} req/s ({c['per_gpu']:.3g} per GPU, bracket "
-                     f"{c['rate']:g}–{top}{'' if c['converged'] else ', not converged'}"
-                     + (f", {cost:.2f} per million output tokens" if cost is not None else "") + ")")
+        parts.append(f"{run_label(r, group)} holds {c['rate']:g} req/s ({c['per_gpu']:.3g} per GPU"
+                     + interval_text(c) + f"; bracket {c['rate']:g}–{top}{'' if c['converged'] else ', not converged'}"
+                     + probes_text(c)
+                     + (f"; {cost:.2f} per million output tokens" if cost is not None else "") + ")")
     return f"For {describe_traffic(found[0])}, under {slo}: " + "; ".join(parts) + "."
+
+
+def interval_text(c: dict) -> str:
+    """'; capacity 90% CI 19.8–21.9' from a capacity record (nothing for one written before intervals)."""
+    if c.get("confidence") is None or (c.get("ci_low") is None and c.get("ci_high") is None):
+        return ""
+    low = f"{c['ci_low']:.3g}" if c.get("ci_low") is not None else "below the lowest probe"
+    high = f"{c['ci_high']:.3g}" if c.get("ci_high") is not None else "?"
+    if c.get("above_range"):
+        high = f"≥{high}"
+    return f"; capacity {100 * c['confidence']:.0f}% CI {low}–{high}"
+
+
+def probes_text(c: dict) -> str:
+    runs = c.get("runs") or len(c.get("probes") or ())
+    text = f", {runs} probes" + (f", {c['repeats']} repeats at the boundary" if c.get("repeats") else "")
+    if c.get("stopped"):
+        text += f", stopped early: {c['stopped']}"
+    return text
 
 
 @dataclass(frozen=True)

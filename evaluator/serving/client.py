@@ -27,7 +27,9 @@ Level('concurrency', 1), SamplingConfig(max_tokens=16), 'Qwen/Qwen2.5-7B-Instruc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import math
 import random
 import time
 from typing import Any, Callable, Sequence
@@ -358,30 +360,90 @@ def _check(requests: list[ChatRequest], sampling: SamplingConfig) -> None:
             raise ValueError(f"session {session!r}: turns must be 0, 1, 2, ... in order (got {ts})")
 
 
-async def run_level(endpoints: Endpoints, requests: list[ChatRequest], level: Level, sampling: SamplingConfig,
-                    model: str, on_result: Callable[[RequestResult], None] | None = None, seed: int = 0,
-                    request_timeout_s: float = 600, max_concurrency: int | None = None,
+class PriorityGate:
+    """A cap on requests in flight whose free slots go first to a session's next turn (priority 0)
+    and only then to new first turns (priority 1), each class first come, first served: a
+    conversation whose answer is back goes on, as its user would, instead of queueing behind every
+    waiting newcomer."""
+
+    def __init__(self, slots: int):
+        self.free = slots
+        self.waiting: tuple[list, list] = ([], [])
+
+    async def acquire(self, priority: int) -> None:
+        if self.free > 0 and not any(self.waiting):
+            self.free -= 1
+            return
+        future = asyncio.get_running_loop().create_future()
+        self.waiting[priority].append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future in self.waiting[priority]:
+                self.waiting[priority].remove(future)
+            elif future.done() and not future.cancelled():
+                self.release()            # handed a slot just as it was cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        for queue in self.waiting:
+            while queue:
+                future = queue.pop(0)
+                if not future.done():
+                    future.set_result(None)
+                    return
+        self.free += 1
+
+
+class LevelSupply:
+    """The requests of one level: the planned ones, and more on demand while the level has not yet
+    lasted its minimum (min_s); `more()` gives one more first request (a standalone one, or a
+    session's turns) or [] when the traffic has no fresh one left. `fits(messages, max_tokens)`
+    says None when a conversation fits the context, else its token count (a later turn's prompt
+    carries the answers before it, known only now)."""
+
+    def __init__(self, requests: list[ChatRequest], more=None, min_s: float = 0.0, fits=None):
+        self.requests, self._more, self.min_s, self.fits = list(requests), more, min_s, fits
+
+    def more(self) -> list[ChatRequest]:
+        return list(self._more()) if self._more is not None else []
+
+
+def _skipped(request: ChatRequest, label: str, level_start: float, why: str) -> RequestResult:
+    now = time.perf_counter() - level_start
+    return RequestResult(request.index, label, -1, False, why, False, 0, now, None, (), None, 0, 0, "",
+                         session=request.session, turn=request.turn, ended_s=now, reused=request.reused,
+                         skipped=True)
+
+
+async def run_level(endpoints: Endpoints, requests: list[ChatRequest] | LevelSupply, level: Level,
+                    sampling: SamplingConfig, model: str, on_result: Callable[[RequestResult], None] | None = None,
+                    seed: int = 0, request_timeout_s: float = 600, max_concurrency: int | None = None,
                     headers: dict[str, str] | None = None, stall_timeout_s: float | None = None,
                     trust_env: bool = False, monitor: Any = None,
                     health_interval_s: float | None = 5.0) -> tuple[list[RequestResult], float]:
     """Send every request at `level`; returns the results in index order (exactly one per
-    request) and the level's duration_s (level start, i.e. the first send, to the last result).
+    request sent or skipped) and the level's duration_s (level start, i.e. the first send, to the
+    last result).
 
-    max_concurrency caps the requests in flight of a rate or replay level (a concurrency level is
-    its own cap). A session's later turns wait for the earlier ones: they take no slot of their
-    own schedule (rate, replay) and go out as soon as the previous answer is back (or at their own
-    timestamp, if later). headers go with every request (Authorization for an API key);
-    stall_timeout_s bounds the silence between two bytes of one answer; trust_env=True makes
-    aiohttp read proxy and netrc settings as `vllm bench serve`'s client does (an experiment: it
-    costs time inside the TTFT clock). monitor: an object with async run(session, stop) that samples
-    the servers while the level runs (evaluator.serving.scrape.Scraper). health_interval_s: how
-    often the watchdog asks busy servers' /health (None: never; a hung server is then found only
-    when its requests time out)."""
-    _check(requests, sampling)
+    requests: a list, or a LevelSupply that can give more while the level is shorter than its
+    minimum (a concurrency level then keeps every slot busy with fresh requests, a rate level keeps
+    its Poisson schedule). max_concurrency caps the requests in flight of a rate or replay level (a
+    concurrency level is its own cap). A session's turn k+1 goes out once turn k's answer is back
+    (replay: not before its recorded gap after turn k went out), ahead of queued first turns; a
+    turn that failed, or whose conversation no longer fits the context, ends its session and its
+    later turns are recorded as skipped. headers go with every request (Authorization for an API
+    key); stall_timeout_s bounds the silence between two bytes of one answer; trust_env=True
+    makes aiohttp read proxy and netrc settings as `vllm bench serve`'s client does. monitor: an
+    object with async run(session, stop) that samples the servers while the level runs
+    (evaluator.serving.scrape.Scraper). health_interval_s: how often the watchdog asks busy
+    servers' /health (None: never)."""
+    supply = requests if isinstance(requests, LevelSupply) else LevelSupply(requests)
+    planned = supply.requests
+    _check(planned, sampling)
     headers = dict(headers or {})
-    first_turns = [r for r in requests if r.turn == 0]
-    later: dict[tuple[str, int], ChatRequest] = {(r.session, r.turn): r for r in requests if r.turn > 0}
-    later_at: dict[tuple[str, int], float] = {}
+    first_turns = [r for r in planned if r.turn == 0]
+    later: dict[tuple[str, int], ChatRequest] = {(r.session, r.turn): r for r in planned if r.turn > 0}
     if level.kind == "concurrency":
         offsets, cap = [0.0] * len(first_turns), level.value
     elif level.kind == "rate":
@@ -389,34 +451,83 @@ async def run_level(endpoints: Endpoints, requests: list[ChatRequest], level: Le
     else:
         offsets, cap = replay_offsets_s(first_turns, level.value), max_concurrency
         replay_offsets_s(list(later.values()), level.value)          # every later turn has its timestamp too
-        base = min((r.at_s for r in first_turns), default=0.0)
-        later_at = {k: (r.at_s - base) / level.value for k, r in later.items()}
-    gate = asyncio.Semaphore(int(cap)) if cap is not None and cap != float("inf") else None
+    gate = PriorityGate(int(cap)) if cap is not None and cap != float("inf") else None
     last_result = [0.0]
     results: list[RequestResult] = []
+    seen = {r.index for r in planned}
+    tasks: set[asyncio.Task] = set()
+    extending = [supply._more is not None and supply.min_s > 0]
 
-    async def one(session, request: ChatRequest, level_start: float, due_s: float, history: list[dict]):
-        async def send() -> RequestResult:
-            body = request_body(model, request, sampling, history)
-            scheduled = due_s if level.kind != "concurrency" else time.perf_counter() - level_start
-            return await _send(session, endpoints, request, level.label, body, level_start, scheduled, headers)
-        if gate is not None:
-            async with gate:
-                result = await send()
-        else:
-            result = await send()
+    def record(result: RequestResult) -> None:
         last_result[0] = time.perf_counter()
         results.append(result)
         if on_result is not None:
             on_result(result)
-        nxt = later.get((request.session, request.turn + 1)) if request.session is not None else None
-        if nxt is not None:
-            convo = [*history, *request.messages, {"role": "assistant", "content": result.text}]
-            due = time.perf_counter() - level_start
-            if level.kind == "replay":
-                due = max(due, later_at[(nxt.session, nxt.turn)])
-                await asyncio.sleep(max(0.0, level_start + due - time.perf_counter()))
-            await one(session, nxt, level_start, due, convo)
+
+    def fresh() -> list[ChatRequest]:
+        """One more first request (with its session's later turns) while the level is short of its
+        minimum, or []."""
+        if not extending[0] or time.perf_counter() - level_start >= supply.min_s:
+            return []
+        unit = [r for r in supply.more() if r.index not in seen]
+        if not unit:
+            extending[0] = False
+            return []
+        seen.update(r.index for r in unit)
+        for r in unit:
+            if r.turn > 0:
+                later[(r.session, r.turn)] = r
+        return [r for r in unit if r.turn == 0]
+
+    async def one(session, request: ChatRequest, due_s: float, history: list[dict], holding: bool = False):
+        """Send one request (a session's turns one after another); holding: the slot of the
+        turn before is handed on, so no queued first turn takes it in between."""
+        body = request_body(model, request, sampling, history)
+        if gate is not None and not holding:
+            await gate.acquire(0 if request.turn > 0 else 1)
+        keep = False
+        try:
+            scheduled = due_s if level.kind != "concurrency" else time.perf_counter() - level_start
+            result = await _send(session, endpoints, request, level.label, body, level_start, scheduled, headers)
+            result = dataclasses.replace(result, ended_s=time.perf_counter() - level_start, reused=request.reused)
+            record(result)
+            nxt = later.get((request.session, request.turn + 1)) if request.session is not None else None
+            keep = nxt is not None and result.ok and level.kind != "replay"
+        finally:
+            if gate is not None and not keep:
+                gate.release()
+        if level.kind == "concurrency" and request.turn == 0:
+            for nxt_first in fresh():          # keep the slot busy while the level is short of its minimum
+                spawn(one(session, nxt_first, time.perf_counter() - level_start, []))
+        if nxt is None:
+            return
+        if not result.ok:
+            for k in range(nxt.turn, 1 + max(t for s, t in later if s == request.session)):
+                record(_skipped(later[(request.session, k)], level.label, level_start,
+                                f"not sent: turn {request.turn} of its session failed ({result.error})"))
+            return
+        convo = [*history, *request.messages, {"role": "assistant", "content": result.text}]
+        wanted = nxt.max_tokens if nxt.max_tokens is not None else sampling.max_tokens
+        too_long = supply.fits([*convo, *nxt.messages], wanted) if supply.fits is not None else None
+        if too_long is not None:
+            if keep and gate is not None:
+                gate.release()
+            for k in range(nxt.turn, 1 + max(t for s, t in later if s == request.session)):
+                record(_skipped(later[(request.session, k)], level.label, level_start,
+                                f"not sent: the conversation would need {too_long} prompt tokens + {wanted} new "
+                                f"tokens, beyond the context"))
+            return
+        due = time.perf_counter() - level_start
+        if level.kind == "replay" and nxt.at_s is not None and request.at_s is not None:
+            # the recorded gap between the two turns, from when this turn actually went out
+            went_out = result.sent_s
+            due = max(due, went_out + (nxt.at_s - request.at_s) / level.value)
+            await asyncio.sleep(max(0.0, level_start + due - time.perf_counter()))
+        await one(session, nxt, due, convo, holding=keep)
+
+    def spawn(coro) -> None:
+        task = asyncio.ensure_future(coro)
+        tasks.add(task)
 
     connector = aiohttp.TCPConnector(limit=0)   # no connection cap: the level alone decides what is in flight
     timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_read=stall_timeout_s)
@@ -425,14 +536,33 @@ async def run_level(endpoints: Endpoints, requests: list[ChatRequest], level: Le
         watch = [asyncio.create_task(monitor.run(session, stop))] if monitor is not None else []
         if health_interval_s:
             watch.append(asyncio.create_task(_watchdog(session, endpoints, health_interval_s, stop)))
-        level_start, tasks = time.perf_counter(), []
+        level_start = time.perf_counter()
         try:
             for request, offset in zip(first_turns, offsets):
                 delay = level_start + offset - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(one(session, request, level_start, offset, [])))
-            await asyncio.gather(*tasks)
+                spawn(one(session, request, offset, []))
+            if level.kind == "rate":
+                # a Poisson schedule goes on past the planned requests while the level is short of its minimum
+                rng = random.Random(seed + 1)
+                offset = offsets[-1] if offsets else 0.0
+                while extending[0]:
+                    offset += rng.expovariate(level.value) if math.isfinite(level.value) else 0.0
+                    if offset >= supply.min_s:
+                        break
+                    await asyncio.sleep(max(0.0, level_start + offset - time.perf_counter()))
+                    unit = fresh()
+                    if not unit:
+                        break
+                    for request in unit:
+                        spawn(one(session, request, offset, []))
+            while tasks:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                tasks.difference_update(done)
+                for t in done:
+                    if t.exception() is not None:
+                        raise t.exception()
         except BaseException:
             for t in tasks:               # an on_result error or a cancel: stop the rest too
                 t.cancel()

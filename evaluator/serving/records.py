@@ -29,14 +29,19 @@ class ChatRequest:
     session: str | None = None
     turn: int = 0
     at_s: float | None = None         # replay: arrival, seconds from the trace's start (before scaling)
+    prompt_tokens: int | None = None  # what the server's usage must say (None: not known here, e.g. a
+    #                                   later turn, whose prompt carries answers generated live)
+    reused: bool = False              # an earlier level of this run sent it already (--reuse-requests)
 
 
 @dataclass(frozen=True)
 class Level:
     """How hard to push: N requests in flight, Poisson arrivals at R requests/s (inf: all at once),
-    or a trace's own arrival times replayed at S times their speed (replay=2x: twice as fast)."""
+    or a trace's own arrival times replayed at S times their speed (replay=2x: twice as fast).
+    repeat > 0: the same load again with fresh requests (a capacity probe repeated at the boundary)."""
     kind: str                         # "concurrency" | "rate" | "replay"
     value: float                      # N in flight, requests/s (inf = all at once), or the replay speed
+    repeat: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in LEVEL_KINDS:
@@ -47,10 +52,18 @@ class Level:
             raise ValueError(f"rate must be > 0 requests/s (inf: all at once), got {self.value!r}")
         if self.kind == "replay" and not (self.value > 0 and math.isfinite(self.value)):
             raise ValueError(f"replay speed must be a positive number, got {self.value!r}")
+        if self.repeat < 0:
+            raise ValueError(f"repeat must be 0 or more, got {self.repeat!r}")
 
     @property
     def label(self) -> str:
-        """'c=16', 'rate=8/s', 'rate=0.5/s', 'rate=inf'; Level.from_label reads it back exactly."""
+        """'c=16', 'rate=8/s', 'rate=0.5/s', 'rate=inf', 'rate=8/s #2' (the second run at 8/s);
+        Level.from_label reads it back exactly."""
+        return self.load_label + (f" #{self.repeat + 1}" if self.repeat else "")
+
+    @property
+    def load_label(self) -> str:
+        """The load without the repeat: 'rate=8/s' for every run at 8/s."""
         # repr, not :g, for fractional rates: the label names the level in results and must not round
         if math.isinf(self.value):
             number = "inf"
@@ -65,6 +78,12 @@ class Level:
     @classmethod
     def from_label(cls, label: str) -> "Level":
         """The Level whose label this is: 'c=16' -> Level('concurrency', 16.0)."""
+        load, sep, nth = label.partition(" #")
+        if sep:
+            base = cls.from_label(load)
+            if not nth.isdigit() or int(nth) < 2:
+                raise ValueError(f"not a level label: {label!r}")
+            return cls(base.kind, base.value, int(nth) - 1)
         if label.startswith("c="):
             return cls("concurrency", float(label[2:]))
         if label.startswith("rate="):
@@ -101,6 +120,10 @@ class RequestResult:
     session: str | None = None
     turn: int = 0
     reasoning: str = ""               # reasoning deltas, kept apart from the answer
+    ended_s: float | None = None      # when its result came back (answer, failure), seconds from level start
+    reused: bool = False              # a request an earlier level of this run had sent already
+    skipped: bool = False             # never sent: an earlier turn of its session failed, or the
+    #                                   conversation outgrew the context (counted apart, not as late)
 
     @property
     def tpot_s(self) -> float | None:
