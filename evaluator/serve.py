@@ -72,7 +72,10 @@ class Workload:
         if traffic is None:
             self.requests = [ChatRequest(p.index, p.messages, s.seed + p.index if s.temperature > 0 else None)
                              for p in prompts]
-            self.expected: dict[int, tuple[int | None, int | None]] = {}
+            # the server renders the messages itself: its usage must count the tokens the offline
+            # engines are given (Prompt.token_ids), or the two paths answered different inputs
+            self.expected: dict[int, tuple[int | None, int | None]] = {p.index: (p.prompt_tokens, None)
+                                                                        for p in prompts}
         else:
             fixed = True if traffic.fixed_output else None
             self.requests = [ChatRequest(t.index, t.messages, s.seed + t.index if s.temperature > 0 else None,
