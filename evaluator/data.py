@@ -80,8 +80,8 @@ def render_prompts(rows: list[dict], tokenizer) -> list[Prompt]:
              for r in rows]
     ids = [tuple(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     prompts = [Prompt(index=row_index(r, i), text=t, gold=normalize(str(r["reward_model"]["ground_truth"])),
-                      prompt_tokens=len(x), messages=tuple({"role": m["role"], "content": m["content"]} for m in r["prompt"]),
-                      token_ids=x)
+                      prompt_tokens=len(x), token_ids=x,
+                      messages=tuple({"role": m["role"], "content": m["content"]} for m in r["prompt"]))
                for i, (r, t, x) in enumerate(zip(rows, texts, ids))]
     seen = set()
     for p in prompts:
