@@ -203,7 +203,8 @@ def check_run_dir(output_dir: str, run_id: str) -> Path:
 
 def check_lengths(prompts: list[Prompt], cfg: RunConfig) -> None:
     """Refuse prompts that cannot fit the context with --max-tokens new tokens: the engine would
-    reject them only after minutes of start-up."""
+    reject them only after minutes of start-up. prompt_tokens counts the token ids the engines are
+    given (evaluator.data), exactly what they will see: no BOS is added on top."""
     limit = context_length(cfg)
     if not limit or not prompts:
         return

@@ -1,5 +1,6 @@
-"""Load the prepared GSM8K parquet, check it, and render each prompt with the model's chat
-template (without it the instruct models answer junk).
+"""Load the prepared GSM8K parquet, check it, render each prompt with the model's chat template
+(without it the instruct models answer junk) and tokenise it once: those ids are every offline
+engine's input.
 
     python -c "from evaluator.data import read_rows; print(len(read_rows('data/gsm8k_test.parquet')))"
 """
@@ -68,15 +69,20 @@ def load_tokenizer(model: str):
 
 
 def render_prompts(rows: list[dict], tokenizer) -> list[Prompt]:
-    """Apply the chat template (generation prompt added) and count each prompt's tokens."""
+    """Apply the chat template (generation prompt added) and tokenise each prompt once, adding no
+    special tokens: the template already wrote the ones the model expects (Llama 3's BOS among
+    them), and the servers count the same way (vLLM's chat endpoint: add_special_tokens=False).
+    Those ids are what the offline engines get, so no engine encodes the text again and adds a
+    second BOS (vLLM issue 9519)."""
     if not getattr(tokenizer, "chat_template", None):
         raise DataError("the model's tokenizer has no chat template; GSM8K prompts need one")
     texts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True)
              for r in rows]
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    ids = [tuple(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     prompts = [Prompt(index=row_index(r, i), text=t, gold=normalize(str(r["reward_model"]["ground_truth"])),
-                      prompt_tokens=n, messages=tuple({"role": m["role"], "content": m["content"]} for m in r["prompt"]))
-               for i, (r, t, n) in enumerate(zip(rows, texts, lengths))]
+                      prompt_tokens=len(x), token_ids=x,
+                      messages=tuple({"role": m["role"], "content": m["content"]} for m in r["prompt"]))
+               for i, (r, t, x) in enumerate(zip(rows, texts, ids))]
     seen = set()
     for p in prompts:
         if p.index in seen:

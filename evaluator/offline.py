@@ -60,7 +60,9 @@ class OfflineDriver:
     def _send(self, rank: int, chunk: Chunk) -> None:
         s = self.cfg.sampling
         seeds = [s.seed + p.index for p in chunk.prompts] if s.temperature > 0 else None
-        ref = self.pool.members[rank].actor.generate.remote(chunk.chunk_id, [p.text for p in chunk.prompts], s, seeds)
+        # token ids, not text: every engine sees the tokens the servers and the reference engine see
+        ref = self.pool.members[rank].actor.generate.remote(chunk.chunk_id, [p.token_ids for p in chunk.prompts],
+                                                             s, seeds)
         self.work[rank].inflight[ref] = (chunk, time.monotonic())
 
     def _next_chunk(self, w: Work) -> Chunk | None:

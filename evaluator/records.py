@@ -141,12 +141,20 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class Prompt:
-    """One work item: the global index survives sharding, collection and resume."""
+    """One work item: the global index survives sharding, collection and resume.
+
+    token_ids are what every offline engine is given: the rendered chat template tokenised once,
+    without adding special tokens, so a template that writes its own BOS (Llama 3, Gemma, Mistral)
+    gives one BOS, as the servers (which render the messages themselves) and the reference engine
+    see it. They stay in memory (all 1319 GSM8K prompts: ~10 MiB as tuples, ~0.9 KB each pickled
+    to a replica, about what the text was) and are not written to samples.jsonl: they are the same
+    on every run of a model and data file; what each engine reports it saw is (Sample.prompt_tokens)."""
     index: int
-    text: str                         # the chat-template-rendered prompt the engine sees
+    text: str                         # the chat-template-rendered prompt, for people (engines get token_ids)
     gold: str
-    prompt_tokens: int = 0            # from the tokenizer, used by balanced sharding and length checks
+    prompt_tokens: int = 0            # len(token_ids): balanced sharding, length checks, the servers' usage check
     messages: tuple[dict, ...] = ()   # the chat messages (serving sends these; the server renders them)
+    token_ids: tuple[int, ...] = ()   # the engine's input (see above)
 
 
 @dataclass(frozen=True)

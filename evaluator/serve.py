@@ -66,6 +66,8 @@ class Workload:
         self.synthetic = traffic if isinstance(traffic, SyntheticTraffic) else None
         seed_of = (lambda i: s.seed + i) if s.temperature > 0 else (lambda i: None)
         if traffic is None:
+            # the server renders the messages itself: its usage must count the tokens the offline
+            # engines are given (Prompt.token_ids), or the two paths answered different inputs
             requests = [ChatRequest(p.index, p.messages, seed_of(p.index), prompt_tokens=p.prompt_tokens)
                         for p in prompts]
         elif self.synthetic is None:

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from launchers.engines.base import EngineSpec, StartFacts, build, cache_dirs, files_under, read_log
 
@@ -152,7 +152,8 @@ class EngineHost:
                 better = RuntimeError(message)
             raise better from e
 
-    def generate(self, prompts, params, seeds=None):
+    def generate(self, prompts: Sequence[Sequence[int]], params, seeds=None):
+        """prompts: each prompt's token ids (launchers.engines.base.Engine.generate)."""
         return self._call("generate", prompts, params, seeds)
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from evaluator.records import SamplingConfig
 from launchers.engine_host import EngineHost, compile_state, confine_to_devices, merge_start_facts, root_cause
@@ -179,8 +179,9 @@ class Replica(_ReplicaBase):
         self.engine = EngineHost(self.engine_name, self.spec)
         return {**self.info(), **self.engine.start()}
 
-    def generate(self, chunk_id: int, prompts: list[str], params: SamplingConfig,
+    def generate(self, chunk_id: int, prompts: Sequence[Sequence[int]], params: SamplingConfig,
                  seeds: list[int] | None) -> dict[str, Any]:
+        """prompts: each prompt's token ids (the Engine protocol's input)."""
         t0 = time.time()
         completions = self.engine.generate(prompts, params, seeds)
         return {"chunk_id": chunk_id, "completions": completions, "start": t0, "end": time.time()}

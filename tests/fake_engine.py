@@ -1,7 +1,8 @@
 """A hand-written fake engine for fast orchestration tests (failures, re-runs, timeouts, resume).
 
 It implements the same protocol as the real backends and runs inside the real Replica actor on
-real Ray; only the engine is fake. It never stands in for vLLM in an end-to-end test.
+real Ray; only the engine is fake. It never stands in for vLLM in an end-to-end test. Its
+"tokenizer" is UTF-8: a prompt's token ids are the bytes of its text (tests.fake_engine.byte_ids).
 Behaviour comes from the run's engine_kwargs, e.g. {"die_rank": 1, "die_after_chunks": 1}.
 
 Its answers depend on the batch they were generated in (the batch size and the position in it
@@ -20,11 +21,17 @@ from evaluator.records import Completion, SamplingConfig
 from launchers.replica import Replica, ServerReplica
 
 
+def byte_ids(text: str) -> tuple[int, ...]:
+    """The fake engine's token ids of a text: its UTF-8 bytes."""
+    return tuple(text.encode())
+
+
 class FakeEngine:
     def __init__(self, rank: int, behaviour: dict):
         self.rank, self.b, self.calls = rank, behaviour, 0
 
-    def generate(self, prompts: list[str], params: SamplingConfig, seeds=None) -> list[Completion]:
+    def generate(self, token_ids, params: SamplingConfig, seeds=None) -> list[Completion]:
+        prompts = [bytes(ids).decode() for ids in token_ids]
         b = self.b
         if b.get("die_rank") == self.rank and self.calls >= b.get("die_after_chunks", 0):
             os._exit(1)                     # like a process killed mid-generation

@@ -109,14 +109,14 @@ def test_sglang_sampling_params_and_n_copies_grouping():
                  "ignore_eos": True, "sampling_seed": 11}
     assert "sampling_seed" not in sglang.sampling_params(SamplingConfig(), None)
 
-    class FakeSGL:                    # answers "prompt#k" for each flattened copy
-        def generate(self, prompt, sampling_params):
+    class FakeSGL:                    # answers "first id#k" for each flattened copy
+        def generate(self, input_ids, sampling_params):
             self.params = sampling_params
-            return [{"text": f"{q}#{k}", "meta_info": {"prompt_tokens": 3, "completion_tokens": 2}}
-                    for k, q in enumerate(prompt)]
+            return [{"text": f"{chr(ids[0])}#{k}", "meta_info": {"prompt_tokens": 3, "completion_tokens": 2}}
+                    for k, ids in enumerate(input_ids)]
     engine = sglang.SGLangEngine.__new__(sglang.SGLangEngine)
     engine.engine = FakeSGL()
-    out = engine.generate(["a", "b"], SamplingConfig(n=2, temperature=0.5), seeds=[10, 20])
+    out = engine.generate([(ord("a"),), (ord("b"),)], SamplingConfig(n=2, temperature=0.5), seeds=[10, 20])
     assert out == [Completion(("a#0", "a#1"), 3, 4), Completion(("b#2", "b#3"), 3, 4)]
     # each copy its own seed, derived from the prompt's: seed * n + k
     assert [sp["sampling_seed"] for sp in engine.engine.params] == [20, 21, 40, 41]

@@ -83,8 +83,8 @@ def test_batched_greedy_equals_each_prompt_alone(engine, prompts):
     """Left padding with its attention mask leaves each answer what the prompt gets alone; with
     right padding the shorter prompts of a batch would continue after pad tokens."""
     assert len({p.prompt_tokens for p in prompts}) == len(prompts), "the prompts must differ in length"
-    batched = engine.generate([p.text for p in prompts], GREEDY)
-    alone = [engine.generate([p.text], GREEDY)[0] for p in prompts]
+    batched = engine.generate([p.token_ids for p in prompts], GREEDY)
+    alone = [engine.generate([p.token_ids], GREEDY)[0] for p in prompts]
     assert [c.texts for c in batched] == [c.texts for c in alone]
     assert [c.completion_tokens for c in batched] == [c.completion_tokens for c in alone]
     # prompt_tokens: the prompt's own tokens, as the project's renderer counted them (no padding)
@@ -95,17 +95,17 @@ def test_batched_greedy_equals_each_prompt_alone(engine, prompts):
 def test_ignore_eos_gives_exactly_max_tokens(engine, prompts):
     """Every answer is max_tokens long, and (as in vLLM and SGLang, which only stop stopping) the
     answer that stopped goes on past its stop token instead of being steered away from it."""
-    texts = [p.text for p in prompts]
-    natural = engine.generate(texts, GREEDY)
+    ids = [p.token_ids for p in prompts]
+    natural = engine.generate(ids, GREEDY)
     assert natural[0].completion_tokens == STOP_AT < MAX_TOKENS, "the first prompt stops early without ignore_eos"
-    forced = engine.generate(texts, SamplingConfig(max_tokens=MAX_TOKENS, ignore_eos=True))
+    forced = engine.generate(ids, SamplingConfig(max_tokens=MAX_TOKENS, ignore_eos=True))
     assert [c.completion_tokens for c in forced] == [MAX_TOKENS] * len(prompts)
     assert forced[0].text.startswith(natural[0].text) and len(forced[0].text) > len(natural[0].text)
 
 
 def test_greedy_is_identical_twice(engine, prompts):
-    texts = [p.text for p in prompts]
-    first, second = engine.generate(texts, GREEDY), engine.generate(texts, GREEDY)
+    ids = [p.token_ids for p in prompts]
+    first, second = engine.generate(ids, GREEDY), engine.generate(ids, GREEDY)
     assert first == second
 
 
@@ -121,7 +121,7 @@ def test_completion_tokens_match_model_generate_with_the_stop_token(engine, prom
         out = model.generate(**ids, max_new_tokens=MAX_TOKENS, do_sample=False)
     new = out[0, ids["input_ids"].shape[1]:].tolist()
     assert len(new) == STOP_AT and new[-1] in model.generation_config.eos_token_id
-    got = engine.generate([prompts[0].text], GREEDY)[0]
+    got = engine.generate([prompts[0].token_ids], GREEDY)[0]
     assert got.completion_tokens == len(new)
     assert got.text == tokenizer.decode(new, skip_special_tokens=True)
 
@@ -129,7 +129,7 @@ def test_completion_tokens_match_model_generate_with_the_stop_token(engine, prom
 def test_seeded_sampling_does_not_depend_on_the_batch(engine, prompts):
     """A prompt's sampled answers depend on its seed only, not on the prompts beside it; n answers."""
     params = SamplingConfig(max_tokens=8, temperature=1.0, top_k=50, n=2)
-    a, b, c = (p.text for p in prompts[:3])
+    a, b, c = (p.token_ids for p in prompts[:3])
     first = engine.generate([a, b, c], params, seeds=[11, 12, 13])
     again = engine.generate([c, b], params, seeds=[13, 12])
     assert [first[2].texts, first[1].texts] == [again[0].texts, again[1].texts]

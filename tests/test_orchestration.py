@@ -14,7 +14,7 @@ from evaluator.hosts import HostFacts
 from evaluator.offline import execute
 from evaluator.records import Prompt, RunConfig, SamplingConfig
 from evaluator.store import RunDir
-from tests.fake_engine import FakeReplica
+from tests.fake_engine import FakeReplica, byte_ids
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -37,8 +37,9 @@ def config(tmp_path, **kw) -> RunConfig:
 
 
 def prompts(n: int) -> list[Prompt]:
-    return [Prompt(index=i, text=f"question number {i} " + "x " * (i % 5), gold=str(i), prompt_tokens=5 + i % 5)
-            for i in range(n)]
+    texts = [f"question number {i} " + "x " * (i % 5) for i in range(n)]
+    return [Prompt(index=i, text=t, gold=str(i), prompt_tokens=5 + i % 5, token_ids=byte_ids(t))
+            for i, t in enumerate(texts)]
 
 
 def run(tmp_path, n=23, name="r", **kw):

@@ -93,7 +93,7 @@ def run_bare(cfg: RunConfig, prompts: list[Prompt], repeat: int, extra_env: dict
                     shard = prompts[bounds[rank][0]:bounds[rank][1]]
                     seeds = [s.seed + p.index for p in shard] if s.temperature > 0 else None
                     t = time.perf_counter()
-                    completions = hosts[rank].generate([p.text for p in shard], s, seeds)
+                    completions = hosts[rank].generate([p.token_ids for p in shard], s, seeds)
                     return {"generate_s": time.perf_counter() - t,
                             "completion_tokens": sum(c.completion_tokens for c in completions)}
                 done = list(pool.map(one, range(len(hosts))))

@@ -2,7 +2,8 @@
 
 Two ways to run an engine, nothing else goes around them:
 - offline: `build(name, spec)` returns an Engine with two methods, generate(prompts, params) (one
-  Completion per prompt, same order) and close() (every process and byte released);
+  Completion per prompt, same order; each prompt is its token ids, never text) and close() (every
+  process and byte released);
 - serving: `server_launch(name, spec, port)` returns the engine's own OpenAI-compatible server
   command (`vllm serve`'s module, SGLang's launch_server) with the same settings, and the path that
   answers 200 once it is ready.
@@ -21,7 +22,7 @@ import sys
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 from evaluator.records import Completion, SamplingConfig
 
@@ -44,10 +45,15 @@ class EngineSpec:
 
 
 class Engine(Protocol):
-    def generate(self, prompts: list[str], params: SamplingConfig,
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingConfig,
                  seeds: list[int] | None = None) -> list[Completion]:
-        """One Completion per prompt, same order. seeds (one per prompt, only when sampling)
-        fix each prompt's random stream whichever replica or batch it lands in."""
+        """One Completion per prompt, same order. Each prompt is its token ids (Prompt.token_ids:
+        the rendered chat template tokenised once, special tokens not added again), given to the
+        model exactly as they are: the engine adds no BOS and tokenises nothing, so every engine
+        and the servers see the same input (text re-encoded with special tokens gets a second
+        BOS on Llama-style templates, vLLM issue 9519). Completion.prompt_tokens is how many
+        tokens the engine reports it saw. seeds (one per prompt, only when sampling) fix each
+        prompt's random stream whichever replica or batch it lands in."""
     def close(self) -> None:
         """Shut the engine down: no process or memory of it may outlive this call."""
 

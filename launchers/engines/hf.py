@@ -17,7 +17,7 @@ from __future__ import annotations
 import gc
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from evaluator.records import Completion, SamplingConfig
 from launchers.engines.base import Capabilities, EngineSpec, RequestRejected, ServerLaunch, StartFacts
@@ -147,11 +147,12 @@ class HFEngine:
             rows.append(row[:end])
         return [rows[i * n:(i + 1) * n] for i in range(len(ids))]
 
-    def generate(self, prompts: list[str], params: SamplingConfig, seeds: list[int] | None = None) -> list[Completion]:
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingConfig,
+                 seeds: list[int] | None = None) -> list[Completion]:
         import torch
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-        ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        ids = [list(p) for p in prompts]            # the model's input as given: nothing added
         empty = [i for i, row in enumerate(ids) if not row]
         if empty:
             raise RequestRejected(f"the hf engine cannot answer an empty prompt (prompt {empty[0]} has no tokens)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from evaluator.records import Completion, SamplingConfig
 from launchers.engines.base import (Capabilities, EngineSpec, RequestRejected, ServerLaunch, StartFacts, cli_flags,
@@ -111,17 +111,19 @@ class SGLangEngine:
         # (a fixed nccl_port made its native DP fail: every rank tried to bind the same one)
         self.engine = sgl.Engine(**{"port": free_port(), **engine_kwargs(spec)})
 
-    def generate(self, prompts: list[str], params: SamplingConfig, seeds: list[int] | None = None) -> list[Completion]:
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingConfig,
+                 seeds: list[int] | None = None) -> list[Completion]:
         # n answers per prompt are asked as n copies of the prompt: SGLang's offline engine
-        # flattens n>1 outputs, and copies keep the grouping explicit.
+        # flattens n>1 outputs, and copies keep the grouping explicit. The prompts go as input_ids
+        # (lists of ints): text would be encoded again by its tokenizer manager, special tokens added.
         n = params.n
-        flat = [p for p in prompts for _ in range(n)]
+        flat = [list(ids) for ids in prompts for _ in range(n)]
         if seeds is None:
             sp: Any = sampling_params(params, None)
         else:
             sp = [sampling_params(params, s * n + k) for s in seeds for k in range(n)]
         try:
-            outs = self.engine.generate(prompt=flat, sampling_params=sp)
+            outs = self.engine.generate(input_ids=flat, sampling_params=sp)
         except ValueError as e:     # SGLang validates sampling params and prompt length with ValueError
             raise RequestRejected(f"SGLang refused the request: {e}") from e
         result = []

@@ -14,7 +14,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from evaluator.records import Completion, SamplingConfig
 from launchers.engines.base import (Capabilities, EngineSpec, RequestRejected, ServerLaunch, StartFacts, cli_flags,
@@ -177,10 +177,14 @@ class VLLMEngine:
         from vllm import LLM
         self.llm = LLM(**llm_kwargs(spec))
 
-    def generate(self, prompts: list[str], params: SamplingConfig, seeds: list[int] | None = None) -> list[Completion]:
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingConfig,
+                 seeds: list[int] | None = None) -> list[Completion]:
+        from vllm.inputs import TokensPrompt
         try:
             sp = sampling_params(params, seeds)
-            outputs = self.llm.generate(prompts, sp, use_tqdm=False)
+            # token ids as they are: a text prompt would be encoded again with special tokens
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(ids)) for ids in prompts], sp,
+                                        use_tqdm=False)
         except _rejections() as e:
             raise RequestRejected(f"vLLM refused the request: {e}") from e
         return [Completion(texts=tuple(c.text for c in o.outputs),
