@@ -142,11 +142,12 @@ run_step() {   # the commands of one step; its output goes to $R/logs/STEP.log
   esac
 }
 
-wait_for() {   # until every name in $@ is in $S/have (a model the prep lane failed to make ends the wait)
+wait_for() {   # until every name in $@ is in $S/have (a failed model, or `skip` of the waiting step, ends it)
   local n
   for n in "$@"; do
     while [ ! -e "$S/have/$n" ]; do
       [ -e "$S/have/$n.failed" ] && return 1
+      [ -n "${WAITING:-}" ] && [ -e "$S/skip/$WAITING" ] && return 1
       sleep 2
     done
   done
@@ -176,8 +177,9 @@ runner() {   # the GPU lane: the steps one at a time, each after its pieces
   for s in "$@"; do
     [ -e "$S/done/$s" ] || [ -e "$S/skip/$s" ] && continue
     # shellcheck disable=SC2046
-    if ! wait_for $(needs "$s"); then log "$s: not run, a model it needs failed (see $R/logs/prep-*.log)"; continue; fi
+    WAITING=$s wait_for $(needs "$s"); local ok=$?
     [ -e "$S/skip/$s" ] && { log "$s: skipped"; continue; }
+    [ $ok = 0 ] || { log "$s: not run, a model it needs failed (see $R/logs/prep-*.log)"; continue; }
     echo "$s" > "$S/current"
     log "$s: start"
     local t0=$SECONDS

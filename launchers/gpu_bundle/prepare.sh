@@ -4,7 +4,7 @@
 # in OUT/pieces are kept (delete one to build it again); the chunks are always cut anew, sized to
 # the checkout that will travel (REPO, default the repo this script is in): run it again after
 # the checkout grew, just before the session.
-#   launchers/gpu_bundle/prepare.sh [OUT] [REPO]      # OUT default REPO/.bundle-gpu
+#   launchers/gpu_bundle/prepare.sh [OUT] [REPO]      # OUT default REPO/.bundle-gpu; CHUNK_MIB=48 to force a size
 # Then carry OUT/carry/call-01, call-02, ... one per call, in order (docs/gpu-session.md).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -14,10 +14,11 @@ py=${PYTHON:-$repo/.venv/bin/python}        # the project's venv: datasets_prep 
 P=$out/pieces; B=$out/build
 mkdir -p "$P" "$B"
 
-# Engines: one .tar.xz each (build.sh writes 60 MiB parts; joined back, carry.py cuts its own chunks).
+# Engines: one .tar.xz each (build.sh writes 60 MiB parts into OUT/build, kept: delete them to
+# build again; joined back here, carry.py cuts its own chunks).
 for name in sglang ray vllm; do
   if [ ! -s "$P/$name.tar.xz" ]; then
-    "$here/build.sh" "$name" "$B"
+    ls "$B/$name".part_* >/dev/null 2>&1 || "$here/build.sh" "$name" "$B"
     cat "$B/$name".part_* > "$P/$name.tar.xz.tmp" && mv "$P/$name.tar.xz.tmp" "$P/$name.tar.xz"
   fi
 done
@@ -38,7 +39,7 @@ ls "$P"/gguf-*.whl >/dev/null 2>&1 || python3 -m pip download -q --no-deps --onl
 
 # In the order the session needs them: small pieces, then what the first GPU step needs (SGLang,
 # Ray; the 7B weights are made there from the tokenizer), then the demo model's GGUF, then vLLM.
-python3 "$here/carry.py" pack --out "$out/carry" --repo "$repo" \
+python3 "$here/carry.py" pack --out "$out/carry" --repo "$repo" --chunk-mib "${CHUNK_MIB:-auto}" \
   --piece "data=file:data:$P/gsm8k_test.parquet" \
   --piece "tok=tar:.:$P/tok.tar.xz" \
   --piece "gguf-wheel=wheel:site:$(ls "$P"/gguf-*.whl)" \
