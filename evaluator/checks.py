@@ -53,7 +53,7 @@ def check_serve(cfg: RunConfig) -> None:
     if not sv.levels and not sv.capacity:
         raise UsageError("give at least one load level (--concurrency 1,4 or --request-rate 2,inf)")
     for v in sv.levels:
-        if sv.level_kind == "concurrency" and (v != int(v) or v < 1 or math.isinf(v)):
+        if sv.level_kind == "concurrency" and (math.isinf(v) or v != int(v) or v < 1):
             raise UsageError(f"--concurrency values must be whole numbers of at least 1 (got {v:g})")
         if sv.level_kind == "rate" and not v > 0:
             raise UsageError(f"--request-rate values must be positive requests/s or inf (got {v:g})")

@@ -333,7 +333,7 @@ def test_balanced_and_dynamic_match_contiguous(layout_runs, sharded_runs):
     for mode, path in sharded_runs.items():
         gap = analysis.straggler_gap(RunDir(path).read_summary().replicas)
         row = next(line for line in out.splitlines()
-                   if f"dp2-{mode}" in line and "%" in line and "/13)" not in line)
+                   if f"dp2-{mode}" in line and "%" in line and "/13)" not in line and " serve " not in line)
         assert f"2x1 {mode}" in row and f"{100 * gap:.1f}%" in row
         eq_row = next(line for line in out.splitlines() if f"dp2-{mode}" in line and "/13)" in line)
         assert f"2x1 {mode}" in eq_row

@@ -83,6 +83,7 @@ CASES = [
     # serving flags
     ("serving flag on an offline run", ["--concurrency", "4"], "--concurrency is for --workload serve"),
     ("concurrency zero", ["--workload", "serve", "--concurrency", "0"], "--concurrency values must be whole numbers"),
+    ("concurrency inf", ["--workload", "serve", "--concurrency", "inf"], "--concurrency values must be whole numbers"),
     ("negative rate", ["--workload", "serve", "--request-rate", "-1"], "--request-rate values must be positive"),
     ("both load shapes", ["--workload", "serve", "--concurrency", "1", "--request-rate", "2"], "not --concurrency and --request-rate"),
     ("bad level prompts", ["--workload", "serve", "--level-prompts", "many"], "--level-prompts must be all, N or Nx"),
