@@ -1,8 +1,9 @@
 """The backends' pure translation, without an engine: our neutral settings into vLLM's and SGLang's
 own names (engine kwargs, server argv, sampling parameters, SGLang's n-copies grouping), what
 their start-up logs say (compile state, KV-cache tokens, weights), their capabilities and the
-layout kwargs they refuse; the memory prediction on known configs; the metrics scrape and the
-capacity search on hand-made inputs. Known numbers throughout, never the code's own formula."""
+layout kwargs they refuse; the memory prediction on known configs; the capacity search on
+hand-made inputs (the metrics scrape is tests/test_scrape.py's). Known numbers throughout, never
+the code's own formula."""
 from __future__ import annotations
 
 import math
@@ -180,35 +181,6 @@ def test_prediction_of_a_run_and_the_context_refusal(tiny_model):
     check_fits(cfg)
     with pytest.raises(UsageError, match="less than one sequence"):
         check_fits(RunConfig(**{**cfg.__dict__, "cpu_memory_fraction": 0.02}))
-
-
-# --- metrics scrape ---------------------------------------------------------------------------------
-def test_prometheus_parse_and_the_level_summary():
-    from evaluator.serving.scrape import Scraper, neutral, parse
-    text = """# HELP vllm:num_requests_running Number of requests
-vllm:num_requests_running{engine="0",model_name="m"} 3.0
-vllm:num_requests_running{engine="1",model_name="m"} 2.0
-vllm:kv_cache_usage_perc{engine="0"} 0.25
-vllm:time_to_first_token_seconds_sum{engine="0"} 1.5
-vllm:time_to_first_token_seconds_count{engine="0"} 10.0
-broken line
-"""
-    m = parse(text)
-    assert m["vllm:num_requests_running"] == 5.0 and m["vllm:kv_cache_usage_perc"] == 0.25 and "broken" not in m
-    names = vllm.CAPABILITIES.metrics
-    assert neutral(m, names) == {"running": 5.0, "kv_usage": 0.25, "ttft_sum": 1.5, "ttft_count": 10.0}
-    assert neutral({"vllm:gpu_cache_usage_perc": 0.5}, names) == {"kv_usage": 0.5}     # the older name
-    s = Scraper(["a", "b"], names)
-    s.samples = {0: [(0.0, {"running": 2, "waiting": 0, "kv_usage": 0.1, "preemptions": 5, "ttft_sum": 1.0,
-                            "ttft_count": 10, "prefix_queries": 100, "prefix_hits": 0}),
-                     (1.0, {"running": 4, "waiting": 6, "kv_usage": 0.5, "preemptions": 8, "ttft_sum": 4.0,
-                            "ttft_count": 20, "prefix_queries": 300, "prefix_hits": 150})],
-                 1: [(0.0, {"running": 1, "waiting": 0, "kv_usage": 0.3, "preemptions": 0}),
-                     (1.0, {"running": 1, "waiting": 0, "kv_usage": 0.7, "preemptions": 0})]}
-    out = s.summary()
-    assert out["running_max"] == 5 and out["waiting_max"] == 6 and out["preemptions"] == 3
-    assert out["kv_usage_max"] == 0.7 and out["kv_usage_mean"] == pytest.approx((0.3 + 0.5) / 2)
-    assert out["prefix_hit_rate"] == pytest.approx(150 / 200) and out["server_ttft_ms_mean"] == pytest.approx(300.0)
 
 
 # --- capacity search --------------------------------------------------------------------------------

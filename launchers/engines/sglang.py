@@ -16,7 +16,7 @@ from typing import Any
 
 from evaluator.records import Completion, SamplingConfig
 from launchers.engines.base import (Capabilities, EngineSpec, RequestRejected, ServerLaunch, StartFacts, cli_flags,
-                                    free_port, python_module)
+                                    counter, free_port, gauge, python_module)
 
 CAPABILITIES = Capabilities(
     workloads=("offline", "serve"),
@@ -31,11 +31,23 @@ CAPABILITIES = Capabilities(
                    "pipeline_parallel_size": "a layout without pipeline parallelism (not measured by this tool)",
                    "ep_size": "a layout without expert parallelism (not measured by this tool)",
                    "nnodes": "--ray-address (a replica's devices are on one node)"},
-    metrics={"running": "sglang:num_running_reqs", "waiting": "sglang:num_queue_reqs",
-             "kv_usage": "sglang:token_usage", "prefix_hit_rate": "sglang:cache_hit_rate",
-             "preemptions": "sglang:num_retracted_reqs",
-             "ttft_sum": "sglang:time_to_first_token_seconds_sum",
-             "ttft_count": "sglang:time_to_first_token_seconds_count", "kv_tokens": "sglang:max_total_num_tokens"},
+    # sglang/srt/observability/metrics_collector.py (0.5.17). The scheduler's gauges carry tp_rank,
+    # pp_rank, dp_rank (native DP): one label set per DP rank's scheduler (its first TP rank exports
+    # them); with priority scheduling the total is the label set priority="" and each priority has its
+    # own. The tokenizer's counters (prompt, cached tokens, TTFT) and the retraction counter are created
+    # at their first increment (lazy: a label set that appears mid-level counts from 0).
+    # sglang:num_retracted_reqs is a gauge of the last retraction's size, reset at the next stats log,
+    # not a count: the counter sglang:num_retracted_requests_total is used instead.
+    metrics={"running": gauge("sglang:num_running_reqs", where=(("priority", ""),)),
+             "waiting": gauge("sglang:num_queue_reqs", where=(("priority", ""),)),
+             "kv_usage": gauge("sglang:token_usage", combine="max"),
+             "preemptions": counter("sglang:num_retracted_requests_total", lazy=True),
+             "prefix_queries": counter("sglang:prompt_tokens_total", lazy=True),   # prompt tokens of finished requests
+             "prefix_hits": counter("sglang:cached_tokens_total", lazy=True),      # of them found cached (every cache_source)
+             "prefix_hit_rate": gauge("sglang:cache_hit_rate", combine="mean"),    # last stats interval's; used without the counters
+             "ttft_sum": counter("sglang:time_to_first_token_seconds_sum", lazy=True),
+             "ttft_count": counter("sglang:time_to_first_token_seconds_count", lazy=True),
+             "kv_tokens": gauge("sglang:max_total_num_tokens")},
 )
 
 _KV = re.compile(r"max_total_num_tokens=(\d+)")
