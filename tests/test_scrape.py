@@ -181,3 +181,12 @@ def test_the_first_name_exported_with_a_fitting_type_is_read():
                  f'# TYPE vllm:num_preemptions_total gauge\nvllm:num_preemptions_total{{engine="0"}} {k}\n')
     out = s.summary()
     assert out["kv_usage_max"] == 0.5 and out["preemptions"] is None
+
+
+def test_a_counter_total_over_a_servers_engines():
+    """evaluator.bench.serving's server TTFT: a counter summed over the server's engines (17 + 16
+    requests), None where the server does not export it."""
+    from evaluator.serving.scrape import total
+    after = text("vllm-dp2-after.txt.gz")
+    assert total(after, "vllm:time_to_first_token_seconds_count") == 33
+    assert total(after, "vllm:no_such_metric_total") is None
