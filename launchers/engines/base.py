@@ -84,6 +84,34 @@ def redact(text: str, secret: str | None) -> str:
 
 
 @dataclass(frozen=True)
+class ServerMetric:
+    """One of our neutral server figures as an engine's Prometheus /metrics exports it, and how its
+    label sets (one per engine or rank of a server) and a layout's servers add up to one figure.
+    evaluator.serving.scrape does the arithmetic; which metric is which is the backend's business."""
+    names: tuple[str, ...]            # the sample's name in the text (a counter's ends in _total); the first exported wins
+    kind: str                         # "gauge": reduced over the level (mean, max, last); "counter": differenced
+    combine: str = "sum"              # across label sets and servers: "sum" (requests, tokens), "max" (a usage
+                                      # fraction: the fullest rank's), "mean" (a rate)
+    labels: tuple[str, ...] = ()      # the figure is the product of these labels' values (an info-style gauge of 1)
+    where: tuple[tuple[str, str], ...] = ()   # only label sets that agree, where they carry the label
+    lazy: bool = False                # a counter created at its first increment: 0 in the scrapes before it appears
+
+    def __post_init__(self):
+        if self.kind not in ("gauge", "counter"):
+            raise ValueError(f"kind {self.kind!r}: gauge or counter")
+        if self.combine not in ("sum", "max", "mean") or (self.kind == "counter" and self.combine != "sum"):
+            raise ValueError(f"combine {self.combine!r}: sum, max or mean (counters: sum)")
+
+
+def gauge(*names: str, combine: str = "sum", **kw: Any) -> ServerMetric:
+    return ServerMetric(tuple(names), "gauge", combine, **kw)
+
+
+def counter(*names: str, **kw: Any) -> ServerMetric:
+    return ServerMetric(tuple(names), "counter", **kw)
+
+
+@dataclass(frozen=True)
 class Capabilities:
     """What a backend can do, as data, so layouts it cannot run are skipped with a reason at plan
     time instead of failing at start-up, and so generic code never spells an engine's own names."""
@@ -94,8 +122,8 @@ class Capabilities:
     # engine kwargs (in the engine's own names) that would set the layout behind our back -> what to use
     layout_kwargs: dict[str, str] = field(default_factory=dict)
     # the server's Prometheus metrics, by our neutral names (running, waiting, kv_usage, preemptions,
-    # prefix_queries, prefix_hits, prefix_hit_rate, ttft_sum, ttft_count, kv_tokens)
-    metrics: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
+    # prefix_queries, prefix_hits, prefix_hit_rate, ttft_sum, ttft_count, kv_tokens; docs/metrics.md)
+    metrics: dict[str, ServerMetric] = field(default_factory=dict)
     reference: bool = False                   # slow but trusted: the other engines' answers are set against it
 
 

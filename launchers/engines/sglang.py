@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from evaluator.records import Completion, SamplingConfig
 from launchers.engines.base import (Capabilities, EngineSpec, RequestRejected, ServerLaunch, StartFacts, cli_flags,
-                                    free_port, python_module)
+                                    counter, free_port, gauge, python_module)
 
 CAPABILITIES = Capabilities(
     workloads=("offline", "serve"),
@@ -31,15 +31,37 @@ CAPABILITIES = Capabilities(
                    "pipeline_parallel_size": "a layout without pipeline parallelism (not measured by this tool)",
                    "ep_size": "a layout without expert parallelism (not measured by this tool)",
                    "nnodes": "--ray-address (a replica's devices are on one node)"},
-    metrics={"running": "sglang:num_running_reqs", "waiting": "sglang:num_queue_reqs",
-             "kv_usage": "sglang:token_usage", "prefix_hit_rate": "sglang:cache_hit_rate",
-             "preemptions": "sglang:num_retracted_reqs",
-             "ttft_sum": "sglang:time_to_first_token_seconds_sum",
-             "ttft_count": "sglang:time_to_first_token_seconds_count", "kv_tokens": "sglang:max_total_num_tokens"},
+    # sglang/srt/observability/metrics_collector.py (0.5.17). The scheduler's gauges carry tp_rank,
+    # pp_rank, dp_rank (native DP): one label set per DP rank's scheduler (its first TP rank exports
+    # them); with priority scheduling the total is the label set priority="" and each priority has its
+    # own. The tokenizer's counters (prompt, cached tokens, TTFT) and the retraction counter are created
+    # at their first increment (lazy: a label set that appears mid-level counts from 0).
+    # sglang:num_retracted_reqs is a gauge of the last retraction's size, reset at the next stats log,
+    # not a count: the counter sglang:num_retracted_requests_total is used instead.
+    metrics={"running": gauge("sglang:num_running_reqs", where=(("priority", ""),)),
+             "waiting": gauge("sglang:num_queue_reqs", where=(("priority", ""),)),
+             "kv_usage": gauge("sglang:token_usage", combine="max"),
+             "preemptions": counter("sglang:num_retracted_requests_total", lazy=True),
+             "prefix_queries": counter("sglang:prompt_tokens_total", lazy=True),   # prompt tokens of finished requests
+             "prefix_hits": counter("sglang:cached_tokens_total", lazy=True),      # of them found cached (every cache_source)
+             "prefix_hit_rate": gauge("sglang:cache_hit_rate", combine="mean"),    # last stats interval's; used without the counters
+             "ttft_sum": counter("sglang:time_to_first_token_seconds_sum", lazy=True),
+             "ttft_count": counter("sglang:time_to_first_token_seconds_count", lazy=True),
+             "kv_tokens": gauge("sglang:max_total_num_tokens")},
 )
 
+# what SGLang's own start-up log says (0.5.17, the same lines offline and serving once the offline
+# engine logs at the server's level): the scheduler's pool (managers/scheduler.py, TP rank 0 of each
+# DP rank), the weights (model_executor/model_runner.py), and its piecewise torch.compile backend
+# compiling (compilation/backend.py, which has no path that loads a compiled graph from a cache: a
+# start that uses it always compiles). Capturing CUDA graphs ("Capture ... CUDA graph begin") is not
+# a compile cache; with --enable-torch-compile torch.compile runs inside that capture and SGLang says
+# nothing about a cache either way.
 _KV = re.compile(r"max_total_num_tokens=(\d+)")
 _WEIGHTS = re.compile(r"Load weight end\..*?mem usage=([\d.]+) GB")
+_COLD = ("Compiling a graph for",)
+_TORCH_COMPILE = "enable_torch_compile=True"      # in the server_args=ServerArgs(...) line every start logs
+OFFLINE_LOG_LEVEL = "info"     # sglang.Engine's own default is "error" ("Do not print logs by default")
 
 
 def default_mem_fraction(spec: EngineSpec, device_bytes: int) -> float:
@@ -68,17 +90,48 @@ def kv_budget(spec: EngineSpec, model: dict, device_bytes: int, weights_per_devi
 
 
 def read_log(lines: list[str]) -> StartFacts:
-    """KV-cache tokens (max_total_num_tokens, once per scheduler: a native-DP engine has one per
-    rank, summed) and the weights' memory from SGLang's start-up log. SGLang compiles its Triton
-    kernels lazily and says nothing either way: the compile state comes from its cache folder."""
+    """Compile state, KV-cache tokens (max_total_num_tokens, once per scheduler: a native-DP engine
+    has one per rank, summed) and the weights' memory from SGLang's start-up log. Compile state:
+    cold where its torch.compile backend compiled; none where the start was logged without it (its
+    Triton kernels are JIT-compiled into Triton's own cache, which SGLang does not mention); None
+    (unknown: the cache folders' measurement stays) with --enable-torch-compile, or no log."""
     text = "\n".join(lines)
     kv = [int(m) for m in _KV.findall(text)]
     weights = [float(m) for m in _WEIGHTS.findall(text)]
-    return StartFacts(kv_cache_tokens=sum(kv) if kv else None, weights_gib=max(weights) if weights else None)
+    if any(m in text for m in _COLD):
+        compile_state = "cold"
+    elif _TORCH_COMPILE in text or not kv:
+        compile_state = None
+    else:
+        compile_state = "none"
+    return StartFacts(compile=compile_state, kv_cache_tokens=sum(kv) if kv else None,
+                      weights_gib=max(weights) if weights else None)
+
+
+def server_info_facts(info: dict[str, Any]) -> StartFacts:
+    """KV-cache tokens and weights as sglang.Engine.get_server_info() reports them, whatever the
+    log level: "internal_states" holds each DP rank's memory_usage (token_capacity, weight in GB;
+    managers/scheduler_components/memory_usage.py); without it, "max_total_num_tokens" is the first
+    scheduler's (the DP controller's first rank's) times the DP ranks."""
+    usage = [s.get("memory_usage") or {} for s in info.get("internal_states") or [] if isinstance(s, dict)]
+    tokens = [int(u["token_capacity"]) for u in usage if u.get("token_capacity")]
+    weights = [float(u["weight"]) for u in usage if u.get("weight") is not None]
+    if not tokens and info.get("max_total_num_tokens"):
+        tokens = [int(info["max_total_num_tokens"]) * int(info.get("dp_size") or 1)]
+    return StartFacts(kv_cache_tokens=sum(tokens) if tokens else None, weights_gib=max(weights) if weights else None)
 
 
 def engine_env(spec: EngineSpec, serving: bool = False) -> dict[str, str]:
     return {}
+
+
+def offline_kwargs(spec: EngineSpec) -> dict[str, Any]:
+    """sglang.Engine's arguments: a free port per engine, so two runs (or two replicas) on one node
+    do not collide on SGLang's fixed default (its NCCL ports it already picks free itself, one per DP
+    rank: a fixed nccl_port made its native DP fail, every rank tried to bind the same one); and the
+    server's log level, so the offline start-up log says what the server's does (KV-cache tokens,
+    weights, compiling: read_log), which sglang.Engine's own "error" keeps silent. The user's wins."""
+    return {"port": free_port(), "log_level": OFFLINE_LOG_LEVEL, **engine_kwargs(spec)}
 
 
 def engine_kwargs(spec: EngineSpec) -> dict[str, Any]:
@@ -106,10 +159,12 @@ def sampling_params(params: SamplingConfig, seed: int | None) -> dict[str, Any]:
 class SGLangEngine:
     def __init__(self, spec: EngineSpec):
         import sglang as sgl
-        # a free port per engine, so two runs (or two replicas) on one node do not collide on
-        # SGLang's fixed default; its NCCL ports it already picks free itself, one per DP rank
-        # (a fixed nccl_port made its native DP fail: every rank tried to bind the same one)
-        self.engine = sgl.Engine(**{"port": free_port(), **engine_kwargs(spec)})
+        self.engine = sgl.Engine(**offline_kwargs(spec))
+
+    def start_facts(self) -> StartFacts:
+        """What the engine reports about its start through its API (launchers.engine_host adds it to
+        the start's record; its log's word, where there is one, wins)."""
+        return server_info_facts(self.engine.get_server_info())
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingConfig,
                  seeds: list[int] | None = None) -> list[Completion]:
@@ -160,5 +215,14 @@ def server_launch(spec: EngineSpec, port: int, host: str, api_key: str | None = 
 
 
 def cache_dirs(spec: EngineSpec) -> list[Path]:
-    """SGLang compiles Triton kernels (its triton attention backend) into Triton's cache."""
-    return [Path(os.environ.get("TRITON_CACHE_DIR", os.path.expanduser("~/.triton/cache")))]
+    """Where SGLang's compiled code lands: Triton's cache (the kernels of its triton attention
+    backend, JIT-compiled during start-up's CUDA-graph capture) and, with --enable-torch-compile,
+    torch inductor's. A comparison gives such an engine a warm-up start; the start's state comes
+    from these folders only where SGLang's log says nothing (read_log)."""
+    dirs = [Path(os.environ.get("TRITON_CACHE_DIR", os.path.expanduser("~/.triton/cache")))]
+    if spec.engine_kwargs.get("enable_torch_compile"):
+        import getpass
+        import tempfile
+        dirs.append(Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+                         or os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")))
+    return dirs

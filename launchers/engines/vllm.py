@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from evaluator.records import Completion, SamplingConfig
 from launchers.engines.base import (Capabilities, EngineSpec, RequestRejected, ServerLaunch, StartFacts, cli_flags,
-                                    python_module)
+                                    counter, gauge, python_module)
 
 CAPABILITIES = Capabilities(
     workloads=("offline", "serve"),
@@ -29,11 +29,19 @@ CAPABILITIES = Capabilities(
                    "data_parallel_size": "--mode dp --gpus N (--dp-backend native for vLLM's own DP)",
                    "pipeline_parallel_size": "a layout without pipeline parallelism (not measured by this tool)",
                    "data_parallel_size_local": "--mode dp --gpus N", "distributed_executor_backend": "the default"},
-    metrics={"running": "vllm:num_requests_running", "waiting": "vllm:num_requests_waiting",
-             "kv_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),   # renamed in 0.10/0.11
-             "preemptions": "vllm:num_preemptions_total",
-             "prefix_queries": "vllm:prefix_cache_queries_total", "prefix_hits": "vllm:prefix_cache_hits_total",
-             "ttft_sum": "vllm:time_to_first_token_seconds_sum", "ttft_count": "vllm:time_to_first_token_seconds_count"},
+    # vllm/v1/metrics/loggers.py (0.26, 0.32): every metric carries engine="<index>", one label set per
+    # engine of a --data-parallel-size server, all created at start-up
+    metrics={"running": gauge("vllm:num_requests_running"), "waiting": gauge("vllm:num_requests_waiting"),
+             "kv_usage": gauge("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", combine="max"),  # renamed in 0.10/0.11
+             "preemptions": counter("vllm:num_preemptions_total"),
+             "prefix_queries": counter("vllm:prefix_cache_queries_total"),     # tokens looked up
+             "prefix_hits": counter("vllm:prefix_cache_hits_total"),           # tokens found cached
+             "ttft_sum": counter("vllm:time_to_first_token_seconds_sum"),
+             "ttft_count": counter("vllm:time_to_first_token_seconds_count"),
+             # an info-style gauge of 1 per engine whose labels carry the cache config: kv_cache_size_tokens is
+             # one engine's (num_gpu_blocks is the front end's sum over the DP engines, copied onto each:
+             # v1/engine/core_client.py); vLLM releases without that label give no figure
+             "kv_tokens": gauge("vllm:cache_config_info", labels=("kv_cache_size_tokens",))},
 )
 
 # what vLLM's own start-up log says (the same lines offline and serving, on CPU builds and GPU builds)
