@@ -39,8 +39,9 @@ def _bench(tiny_model, data, *extra):
 
 
 def test_bench_refuses_what_it_cannot_honour_before_any_engine(tiny_model, gsm8k_parquet, tmp_path):
-    """40 prompts cannot give 9 runs x 8 fresh ones; a referee that is not there is named with the
-    way to get it. One line on stderr, exit 2, within seconds, nothing written."""
+    """40 prompts cannot give 7 runs x 8 fresh ones; a referee that is not there is named with the
+    way to get it; a level that is not a distinct whole number of requests in flight (each names a
+    run of its own) is refused. One line on stderr, exit 2, within seconds, nothing written."""
     t0 = time.time()
     r = _bench(tiny_model, gsm8k_parquet, "--limit", "8", "--concurrency", "2,4", "--repeats", "1", "--trust-env",
                "--referee", "none", "--out", str(tmp_path / "a"))
@@ -53,7 +54,11 @@ def test_bench_refuses_what_it_cannot_honour_before_any_engine(tiny_model, gsm8k
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip() == (f"error: --referee aiperf: AIPerf not found ({tmp_path / 'no-aiperf'}); install it "
                                 "with `make referee`, or pass --referee none")
-    assert time.time() - t0 < 60 and not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    for bad in ("4,4", "2.5", "inf"):
+        r = _bench(tiny_model, gsm8k_parquet, "--limit", "2", "--concurrency", bad, "--out", str(tmp_path / "a"))
+        assert r.returncode == 2 and r.stderr.strip() == (f"error: --concurrency {bad}: the levels must be distinct whole "
+                                                          "numbers of requests in flight, at least 1"), r.stderr
+    assert time.time() - t0 < 90 and not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_aiperf_argv_sends_each_prompt_once_in_order():

@@ -108,7 +108,11 @@ def check(args) -> None:
     from evaluator.bench.referee import RefereeError, find_referee
     from evaluator.data import read_rows
     from evaluator.errors import UsageError
-    runs = plan_runs(args.concurrency, args.repeats, not args.no_warmup, _clients(args))
+    levels = args.concurrency
+    if any(c == float("inf") or c != int(c) or c < 1 for c in levels) or len(set(levels)) < len(levels):
+        raise UsageError(f"--concurrency {','.join(f'{c:g}' for c in levels)}: the levels must be distinct whole numbers "
+                         "of requests in flight, at least 1")
+    runs = plan_runs(levels, args.repeats, not args.no_warmup, _clients(args))
     need, have = len(runs) * args.limit, len(read_rows(args.data))
     if need > have:
         raise UsageError(f"--data {args.data} has {have} prompts; {len(runs)} client runs (warm-up, {len(args.concurrency)} "
@@ -325,9 +329,9 @@ def bench_main(parser: argparse.ArgumentParser, argv: list[str] | None, run, suf
     if args.repeats < 1 or args.limit is None or args.limit < 1:
         parser.exit(2, "error: --repeats and --limit must be at least 1\n")
     try:
-        _config(args)
         if check:
             check(args)
+        _config(args)
     except (UsageError, DataError) as e:
         parser.exit(2, f"error: {e}\n")
     out_dir = Path(args.out) / f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{args.engine}-{suffix}"
