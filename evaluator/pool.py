@@ -30,35 +30,34 @@ EXIT_TIMEOUT_S = 30
 
 
 def engine_spec(cfg: RunConfig) -> EngineSpec:
-    native_dp = cfg.dp if cfg.dp_backend == "native" else 1
     fraction = None
     if cfg.device == "cpu":
         # every CPU engine takes its fraction of RAM whether it needs it or not: split the budget
-        fraction = round(cfg.cpu_memory_fraction / (cfg.dp * cfg.tp), 4)
+        fraction = round(cfg.cpu_memory_fraction / cfg.layout.devices, 4)
     return EngineSpec(model=cfg.model, tp=cfg.tp, device=cfg.device, seed=cfg.sampling.seed,
-                      max_model_len=cfg.max_model_len, native_dp=native_dp, cpu_memory_fraction=fraction,
+                      max_model_len=cfg.max_model_len, native_dp=cfg.layout.engine_dp, cpu_memory_fraction=fraction,
                       engine_kwargs=dict(cfg.engine_kwargs), deterministic=cfg.deterministic, tokenizer=cfg.tokenizer)
 
 
 def actor_env(cfg: RunConfig, rank: int) -> dict[str, str]:
     env = {"TOKENIZERS_PARALLELISM": "false"}
     if cfg.device == "cpu":
-        devices = cfg.tp * (cfg.dp if cfg.dp_backend == "native" else 1)
-        env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_thread_binding(rank, devices, cfg.cpu_cores_per_device)
+        env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_thread_binding(rank, cfg.layout.engine_devices, cfg.cpu_cores_per_device)
     return env
 
 
 def actor_resources(cfg: RunConfig) -> dict[str, Any]:
     """What Ray reserves for one replica: tp GPUs (Ray sets CUDA_VISIBLE_DEVICES) or tp devices'
     worth of CPU cores. A native-DP engine is one replica holding all dp x tp devices."""
-    devices = cfg.tp * (cfg.dp if cfg.dp_backend == "native" else 1)
+    devices = cfg.layout.engine_devices
     if cfg.device == "cuda":
         return {"num_gpus": devices, "num_cpus": 1}
     return {"num_gpus": 0, "num_cpus": devices * cfg.cpu_cores_per_device}
 
 
 def replica_count(cfg: RunConfig) -> int:
-    return 1 if cfg.dp_backend == "native" else cfg.dp
+    """Engines or servers the run starts."""
+    return cfg.layout.replicas
 
 
 @dataclass
