@@ -182,7 +182,7 @@ class LevelRunner:
         self.model = ""
 
     def connect(self) -> None:
-        self.live = self.pool.alive()
+        self.live = self.pool.senders()         # the servers, or (router layouts) the router in front of them
         self.endpoints = Endpoints([m.info["url"] for m in self.live])
         self.model = self.live[0].info["model_name"]
 
@@ -197,7 +197,7 @@ class LevelRunner:
         live, endpoints, sv = self.live, self.endpoints, self.cfg.serve
         requests = self.work.for_level(level)
         self.listener(LevelStarted(level.label, self.position, self.total, len(requests)))
-        scraper = Scraper(list(endpoints.urls), self.pool_metrics(), headers=self.headers)
+        scraper = Scraper(self.pool.metric_urls(), self.pool_metrics(), headers=self.headers)
         results, duration_s = run_level_sync(
             endpoints, requests, level, self.cfg.sampling, self.model,
             on_result=lambda r: self.listener(RequestDone(live[r.replica].rank if r.replica >= 0 else -1, r.ok)),
