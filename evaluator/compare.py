@@ -197,7 +197,8 @@ def plan(engines: list[str], gpus: int, modes: tuple[str, ...], native: bool, wo
 def warmup_key(cfg: RunConfig) -> tuple:
     """Starts with the same key compile the same graphs: same engine, workload, devices per engine
     and settings (data-parallel replicas of one device are single-device engines)."""
-    return (cfg.workload, cfg.engine, cfg.tp, cfg.layout.engine_dp, cfg.device, json.dumps(cfg.engine_kwargs, sort_keys=True),
+    return (cfg.workload, cfg.engine, cfg.tp, cfg.layout.engine_dp, cfg.device,
+            json.dumps(cfg.engine_kwargs, sort_keys=True),
             cfg.max_model_len, cfg.cpu_cores_per_device, cfg.deterministic)
 
 

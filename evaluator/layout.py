@@ -48,7 +48,8 @@ class Layout:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise LayoutError(f"{axis} must be a whole number of at least 1 (got {value!r})")
         if self.dp_backend not in DP_BACKENDS:
-            raise LayoutError(f"unknown data-parallel backend {self.dp_backend!r}; choose from {', '.join(DP_BACKENDS)}")
+            raise LayoutError(f"unknown data-parallel backend {self.dp_backend!r}; choose from "
+                              f"{', '.join(DP_BACKENDS)}")
         if self.dp_backend == "router" and not self.router_policy:
             raise LayoutError("a router layout needs its routing policy (--router-policy)")
         if self.dp_backend != "router" and self.router_policy is not None:
@@ -97,7 +98,8 @@ class Layout:
     def label(self) -> str:
         """'1x1', '2x1', '1x2', '2x1 native', '2x1 router round_robin', '1x2 pp=2' (DP x TP first:
         the axes every layout has; the others only where they are not 1)."""
-        out = f"{self.dp}x{self.tp}" + "".join(f" {a}={getattr(self, a)}" for a in ("pp", "ep") if getattr(self, a) != 1)
+        out = f"{self.dp}x{self.tp}"
+        out += "".join(f" {a}={getattr(self, a)}" for a in ("pp", "ep") if getattr(self, a) != 1)
         if self.native:
             out += " native"
         if self.routed:

@@ -5,8 +5,9 @@ arrays plus one report job that waits for them, and skip tasks that already fini
         --model models/qwen2.5-coder-0.5b-instruct --data data/gsm8k_test.parquet --submit
 
 The sweep file holds one run per line, `ENGINE AXIS=N... [EVALUATOR FLAGS...]` (the layout by its
-named axes, e.g. `vllm dp=2 tp=1 --limit 64`; launchers.sweepfile), with `#` comments; task i is the i-th run line (0-based), so SLURM_ARRAY_TASK_ID = i picks it. Each
-task writes RESULTS/SWEEP_ID/<i>/ (the evaluator's --output-dir/--run-id) and logs to
+named axes, e.g. `vllm dp=2 tp=1 --limit 64`; launchers.sweepfile), with `#` comments; task i is
+the i-th run line (0-based), so SLURM_ARRAY_TASK_ID = i picks it. Each task writes
+RESULTS/SWEEP_ID/<i>/ (the evaluator's --output-dir/--run-id) and logs to
 RESULTS/SWEEP_ID/logs/<array job>_<i>.log. The sweep folder keeps its own sweep.txt, so
 `--sweep-dir RESULTS/SWEEP_ID --submit` re-submits it later: tasks whose summary.json exists are
 left out, and a task folder with config.json but no summary.json is resumed (--resume).
@@ -97,8 +98,9 @@ def plan_arrays(lines: list[SweepLine], gres: str, cpus_per_device: str, has_gpu
         else:
             g = gres.format(n=line.layout.devices)
         per_device = line.flag("--cpu-cores-per-device", "1") if cpus_per_device == "auto" else cpus_per_device
-        cpus = None if g and cpus_per_device == "auto" else line.layout.devices * whole_number(per_device, "cores per device",
-                                                                             f"task {line.task}")
+        devices = line.layout.devices
+        cpus = None if g and cpus_per_device == "auto" else devices * whole_number(per_device, "cores per device",
+                                                                                   f"task {line.task}")
         groups.setdefault((g, cpus), []).append(line.task)
     return [ArrayPlan(tuple(tasks), g, cpus) for (g, cpus), tasks in groups.items()]
 
