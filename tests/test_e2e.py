@@ -178,7 +178,8 @@ def test_report_prints_every_run(layout_runs):
     r = run_cli(["-m", "evaluator.report", str(results)], lock=False, env={"COLUMNS": "250"})
     assert r.returncode == 0, r.stderr
     table_rows = [l for l in r.stdout.splitlines() if "vllm" in l and " serve " not in l and "hf " not in l]
-    assert len(table_rows) == 3 and sum(" serve " in l for l in r.stdout.splitlines() if "vllm" in l) == 3
+    # serving: single, dp=2 and tp=2, and dp=2 behind vllm-router
+    assert len(table_rows) == 3 and sum(" serve " in l for l in r.stdout.splitlines() if "vllm" in l) == 4
     assert any("1x1" in l for l in table_rows) and any("2x1" in l for l in table_rows) and any("1x2" in l for l in table_rows)
     # speedup = the single run's generate s / this run's, as computed from the summaries
     summaries = [RunDir(layout_runs[n]).read_summary() for n in ("single", "dp2", "tp2")]
