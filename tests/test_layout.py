@@ -180,6 +180,15 @@ def test_every_run_kept_as_evidence_still_loads():
             assert d.get("layout", cfg.layout.label) == f"{old['dp']}x{old['tp']}", path
             assert RunSummary.from_dict(json.loads(json.dumps(s.to_dict()))) == s
     assert summaries >= 20 and configs >= 10
+    plans = 0               # a comparison's saved plan (version 2) keeps every layout's config too
+    for path in sorted((ROOT / "results" / "evidence").rglob("compare.json")):
+        d = json.loads(path.read_text())
+        if d.get("version", 1) >= 2:
+            planned = [compare.Planned.from_dict(p) for p in d["layouts"]]
+            assert all(p.config is None or p.label.startswith(f"{p.config.engine} {p.config.layout.label}")
+                       for p in planned), path
+            plans += 1
+    assert plans >= 2
 
 
 def test_the_layout_round_trips_through_the_sweep_file():
