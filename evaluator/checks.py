@@ -14,13 +14,12 @@ from pathlib import Path
 
 from evaluator.errors import UsageError
 from evaluator.hosts import cpu_device_count, gpu_count, gpus, gpus_without_p2p
-from evaluator.layout import LayoutError, resolve
 from evaluator.memory import check_fits
 from evaluator.modelinfo import context_length, model_config, weight_bytes
 from evaluator.records import Prompt, RunConfig
 from evaluator.sharding import SHARDING_MODES
-from launchers.engines.base import (EngineNotAvailable, cannot, check_installed, layout_kwarg_problem, loads_problem,
-                                    native_dp_workloads)
+from launchers.engines.base import (EngineNotAvailable, cannot, check_installed, layout_kwarg_problem, layout_problem,
+                                    loads_problem)
 
 
 def _at_least(name: str, value, minimum=1) -> None:
@@ -114,27 +113,7 @@ def check_config(cfg: RunConfig) -> None:
     why = cannot(cfg.engine, cfg.workload, cfg.tp, cfg.device)
     if why:
         raise UsageError(why)
-    try:
-        layout = resolve(cfg.mode, cfg.gpus, cfg.dp if cfg.mode == "hybrid" else None,
-                         cfg.tp if cfg.mode == "hybrid" else None)
-    except LayoutError as e:
-        raise UsageError(str(e)) from None
-    if (layout.dp, layout.tp) != (cfg.dp, cfg.tp):
-        raise UsageError(f"--mode {cfg.mode} --gpus {cfg.gpus} means dp={layout.dp} tp={layout.tp}, not {cfg.layout}")
-    _at_least("--cpu-cores-per-device", cfg.cpu_cores_per_device)
-    if cfg.ray_address is None:
-        visible = gpu_count() if cfg.device == "cuda" else cpu_device_count(cfg.cpu_cores_per_device)
-        unit = "GPU(s)" if cfg.device == "cuda" else f"CPU device(s) of {cfg.cpu_cores_per_device} core(s)"
-        if layout.devices > visible:
-            raise UsageError(f"layout needs {layout.devices} devices but only {visible} {unit} are visible")
-    if cfg.dp_backend == "native":
-        if cfg.workload not in native_dp_workloads(cfg.engine):
-            raise UsageError(f"{cfg.engine} has no data parallelism of its own for {cfg.workload} runs "
-                             f"(--dp-backend native); use --dp-backend ray")
-        if cfg.dp < 2 or cfg.mode != "dp":
-            raise UsageError("--dp-backend native needs --mode dp with --gpus 2 or more")
-        if cfg.device == "cpu":
-            raise UsageError("--dp-backend native needs GPUs")
+    check_layout(cfg)
     for name in ("limit", "chunk_size", "max_model_len"):
         _at_least("--" + name.replace("_", "-"), getattr(cfg, name))
     if cfg.sharding not in SHARDING_MODES:
@@ -161,11 +140,34 @@ def check_config(cfg: RunConfig) -> None:
         raise UsageError(why)
     model = model_config(cfg.model_folder) or {}
     heads = model.get("num_attention_heads")
-    if heads and heads % layout.tp:
-        raise UsageError(f"tp={layout.tp} does not divide the model's {heads} attention heads")
+    if heads and heads % cfg.tp:
+        raise UsageError(f"tp={cfg.tp} does not divide the model's {heads} attention heads")
     if cfg.device == "cuda":
-        check_gpu_fit(cfg.model, layout.tp)
+        check_gpu_fit(cfg.model, cfg.tp)
     check_fits(cfg)
+
+
+def check_layout(cfg: RunConfig) -> None:
+    """The layout against the backend's capabilities (each axis), the data-parallel backend's own
+    rules, and the devices this host has."""
+    layout = cfg.layout
+    why = layout_problem(cfg.engine, layout, cfg.workload)
+    if why:
+        raise UsageError(why)
+    if layout.native:
+        if layout.dp < 2 or layout.mode != "dp":
+            raise UsageError("--dp-backend native needs --mode dp with --gpus 2 or more")
+        if cfg.device == "cpu":
+            raise UsageError("--dp-backend native needs GPUs")
+    if layout.routed and layout.dp < 2:
+        raise UsageError("--dp-backend router puts 2 or more servers behind the router: give --mode dp --gpus N "
+                         "(or --mode hybrid --dp D --tp T) with N, D >= 2")
+    _at_least("--cpu-cores-per-device", cfg.cpu_cores_per_device)
+    if cfg.ray_address is None:
+        visible = gpu_count() if cfg.device == "cuda" else cpu_device_count(cfg.cpu_cores_per_device)
+        unit = "GPU(s)" if cfg.device == "cuda" else f"CPU device(s) of {cfg.cpu_cores_per_device} core(s)"
+        if layout.devices > visible:
+            raise UsageError(f"layout needs {layout.devices} devices but only {visible} {unit} are visible")
 
 
 def check_gpu_fit(model: str, tp: int) -> None:

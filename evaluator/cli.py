@@ -4,6 +4,7 @@ into a checked RunConfig before anything is started or written.
     python -m evaluator --engine vllm --mode dp --gpus 2 --model models/qwen2.5-coder-0.5b-instruct \
         --data data/gsm8k_test.parquet --limit 64 --max-tokens 256
     python -m evaluator --engine vllm --mode dp --gpus 2 --workload serve --concurrency 1,4,16,64
+    python -m evaluator --engine vllm --dp 2 --workload serve --dp-backend router --router-policy round_robin
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from evaluator.checks import check_config, check_run_dir
 from evaluator.errors import UsageError
 from evaluator.hosts import detect_device
-from evaluator.layout import MODES, LayoutError, resolve
+from evaluator.layout import DP_BACKENDS, MODES, LayoutError, resolve
 from evaluator.records import RunConfig, SamplingConfig, ServeConfig
 from evaluator.sharding import SHARDING_MODES
 from launchers.engines.base import ENGINES
@@ -68,18 +69,31 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = Parser) -> argpar
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("layout")
     g.add_argument("--engine", choices=sorted(ENGINES), default="vllm", help="inference engine")
-    g.add_argument("--mode", choices=MODES, default="single",
+    g.add_argument("--mode", choices=MODES,
                    help="single = 1 device; dp = GPUS replicas of 1 device; tp = 1 replica of GPUS devices; "
-                        "hybrid = DP replicas of TP devices (DP x TP = GPUS)")
-    g.add_argument("--gpus", type=int, default=1, help="devices the layout uses (on a host without GPU: groups of "
-                                                        "--cpu-cores-per-device cores)")
-    g.add_argument("--dp", type=int, help="replicas, for --mode hybrid")
-    g.add_argument("--tp", type=int, help="devices per replica, for --mode hybrid")
+                        "hybrid = DP replicas of TP devices (DP x TP = GPUS). Default: from --dp/--tp when given "
+                        "(each 1 when left out), else single")
+    g.add_argument("--gpus", type=int, help="devices the layout uses (on a host without GPU: groups of "
+                                            "--cpu-cores-per-device cores); default: 1, or DP x TP")
+    g.add_argument("--dp", type=int, help="data-parallel replicas (with --mode hybrid, or alone)")
+    g.add_argument("--tp", type=int, help="tensor-parallel devices per replica (with --mode hybrid, or alone)")
+    g.add_argument("--pp", type=int, default=1,
+                   help="pipeline stages per replica, a layout axis no backend maps yet: above 1 is refused with "
+                        "the reason")
+    g.add_argument("--ep", type=int, default=1,
+                   help="expert-parallel size, a layout axis no backend maps yet: above 1 is refused with the reason")
     g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                    help="auto = cuda when a GPU is visible, else cpu")
-    g.add_argument("--dp-backend", choices=("ray", "native"), default="ray",
-                   help="ray = one engine per Ray actor (our DP); native = one engine using its own data "
-                        "parallelism (SGLang dp_size; vLLM only when serving: --data-parallel-size)")
+    g.add_argument("--dp-backend", choices=DP_BACKENDS, default="ray",
+                   help="ray = one engine per Ray actor (our DP; serving: our load client sends each request to "
+                        "the server with the fewest in flight); native = one engine using its own data "
+                        "parallelism (SGLang dp_size; vLLM only when serving: --data-parallel-size); router = "
+                        "serving only: one server per replica behind the engine's own router from PyPI "
+                        "(vllm-router, sglang-router), which routes every request by --router-policy")
+    g.add_argument("--router-policy", metavar="POLICY",
+                   help="--dp-backend router: the router's policy, in its own name: round_robin, power_of_two "
+                        "(the less loaded of two), cache_aware (prefix-cache affinity, the routers' default), "
+                        "random (default: cache_aware)")
     g.add_argument("--cpu-cores-per-device", type=int, default=1, help="CPU cores that make one device on CPU hosts")
     g.add_argument("--cpu-memory-fraction", type=float, default=0.5,
                    help="CPU hosts: fraction of RAM for all engines' KV caches together, split evenly "
@@ -185,7 +199,8 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = Parser) -> argpar
     e.add_argument("--replica-timeout", type=float, metavar="S",
                    help="seconds a replica may take to start, or to finish one chunk, before it counts as dead")
     e.add_argument("--output-dir", default="results", help="runs are written to OUTPUT_DIR/RUN_ID/")
-    e.add_argument("--run-id", help="name of the run's folder, one plain name (default: time-engine-mode-DPxTP)")
+    e.add_argument("--run-id", help="name of the run's folder, one plain name (default: time-engine-layout, "
+                                    "e.g. 20261201-120000-vllm-dp2)")
     e.add_argument("--resume", metavar="RUN_DIR",
                    help="finish an interrupted run with its own settings: only missing prompts (offline) or load "
                         "levels (serve) are run. Refused when its data file or model changed since")
@@ -271,10 +286,20 @@ def serve_config(args: argparse.Namespace, traffic: str = "gsm8k") -> ServeConfi
                        slo_confidence=args.slo_confidence)
 
 
+def router_policy(args: argparse.Namespace) -> str | None:
+    """--router-policy, or the router's own default for --dp-backend router (None otherwise: a
+    policy given without a router is refused by the layout)."""
+    if args.dp_backend != "router" or args.router_policy:
+        return args.router_policy
+    from launchers.engines.base import router_of
+    router = router_of(args.engine)
+    return router.default_policy if router else "cache_aware"
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The run's settings from its flags, checked (evaluator.checks) before anything starts."""
     try:
-        layout = resolve(args.mode, args.gpus, args.dp, args.tp)
+        layout = resolve(args.mode, args.gpus, args.dp, args.tp, args.dp_backend, router_policy(args), args.pp, args.ep)
     except LayoutError as e:
         raise UsageError(str(e)) from None
     try:
@@ -293,14 +318,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if traffic not in ("gsm8k",) and not traffic.startswith("synthetic:"):
         traffic = str(Path(traffic).resolve())      # a file: the run names it wherever it is resumed from
     cfg = RunConfig(
-        engine=args.engine, mode=args.mode, gpus=args.gpus, dp=layout.dp, tp=layout.tp, model=model,
+        engine=args.engine, layout=layout, model=model,
         data=str(Path(args.data).resolve()), device=detect_device(args.device),
         sampling=SamplingConfig(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                                 top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed,
                                 n=args.n, ignore_eos=args.ignore_eos),
         limit=args.limit, max_model_len=args.max_model_len, engine_kwargs=engine_kwargs,
         cpu_cores_per_device=args.cpu_cores_per_device, cpu_memory_fraction=args.cpu_memory_fraction,
-        sharding=args.sharding, chunk_size=args.chunk_size, dp_backend=args.dp_backend,
+        sharding=args.sharding, chunk_size=args.chunk_size,
         on_replica_failure=args.on_replica_failure, replica_timeout_s=args.replica_timeout,
         ray_address=args.ray_address, engine_logs=args.engine_logs, workload=args.workload,
         serve=serve_config(args, traffic), deterministic=args.deterministic, tokenizer=tokenizer,
@@ -348,6 +373,5 @@ def resume_run(args: argparse.Namespace, typed: set[str]) -> tuple[RunConfig, st
 
 def default_run_id(cfg: RunConfig) -> str:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    native = "-native" if cfg.dp_backend == "native" else ""
     serve = "-serve" if cfg.workload == "serve" else ""
-    return f"{stamp}-{cfg.engine}-{cfg.mode}-{cfg.layout}{native}{serve}"
+    return f"{stamp}-{cfg.engine}-{cfg.layout.name}{serve}"

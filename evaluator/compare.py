@@ -1,5 +1,6 @@
 """python -m evaluator.compare: one command, one machine, one answer. Every valid layout of the
-given engines for a GPU count (single, dp=N, tp=N, each hybrid, the engines' native DP), run one
+given engines for a GPU count (single, dp=N, tp=N, each hybrid, the engines' native DP and, when
+serving, dp=N servers behind the engine's own router per routing policy), run one
 after another on this host, each as an ordinary run folder under one comparison folder, then one
 report (evaluator.report.document) with accuracy intervals, McNemar against single, the fastest
 layout and break-even counts, the serving sentence, tokens/s per GPU and, with a price, cost.
@@ -35,7 +36,7 @@ from pathlib import Path
 from rich.console import Console
 
 from evaluator.errors import UsageError
-from evaluator.layout import MODES, Candidate, candidates
+from evaluator.layout import MODES, Candidate, Layout, candidates
 from evaluator.records import RunConfig, SamplingConfig, ServeConfig
 from launchers.engines.base import ENGINES
 
@@ -81,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated modes to include (hybrid = every "
                                                               "dp x tp split with both above 1)")
     p.add_argument("--no-native", action="store_true", help="leave out the engines' own data parallelism")
+    p.add_argument("--router-policies", metavar="POLICY[,POLICY]",
+                   help="serving: the routing policies of the router layouts (dp=N servers behind the engine's own "
+                        "router: vllm-router, sglang-router), in the routers' names: round_robin, power_of_two, "
+                        "cache_aware, random (default: each router's own default, cache_aware)")
+    p.add_argument("--no-router", action="store_true", help="leave out the router layouts")
     p.add_argument("--workload", choices=("offline", "serve", "both"), default="offline",
                    help="offline batch, serving under load levels, or both for every layout")
     p.add_argument("--model", default="models/qwen2.5-coder-0.5b-instruct", help="local model folder or hub id")
@@ -107,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 def evaluator_args(passthrough: list[str]) -> argparse.Namespace:
     """The flags after `--`, parsed once by the evaluator's own parser."""
     from evaluator.cli import parse_flags
-    owned = {"--engine", "--mode", "--gpus", "--dp", "--tp", "--dp-backend", "--workload", "--model", "--data",
+    owned = {"--engine", "--mode", "--gpus", "--dp", "--tp", "--pp", "--ep", "--dp-backend", "--router-policy",
+             "--workload", "--model", "--data",
              "--output-dir", "--run-id", "--resume", "--tokenizer", "--base-model"}
     given = sorted({a.split("=")[0] for a in passthrough if a.split("=")[0] in owned})
     if given:
@@ -124,9 +131,11 @@ def layout_config(base: argparse.Namespace, c: Candidate, workload: str, model: 
     with quantized, the single-device row of that checkpoint of the model."""
     from evaluator.cli import config_from_args, for_workload
     extra = {"model": quantized, "tokenizer": model, "base_model": model} if quantized else {"model": model}
-    args = for_workload(base, workload, engine=c.engine, mode=c.mode, gpus=c.gpus,
-                        dp=c.dp if c.mode == "hybrid" else None, tp=c.tp if c.mode == "hybrid" else None,
-                        dp_backend=c.dp_backend, data=data, output_dir=str(out), run_id=run_id, **extra)
+    lay = c.layout
+    args = for_workload(base, workload, engine=c.engine, mode=lay.mode, gpus=lay.devices,
+                        dp=lay.dp if lay.mode == "hybrid" else None, tp=lay.tp if lay.mode == "hybrid" else None,
+                        dp_backend=lay.dp_backend, router_policy=lay.router_policy, data=data, output_dir=str(out),
+                        run_id=run_id, **extra)
     return config_from_args(args)
 
 
@@ -148,9 +157,11 @@ def engine_kwargs_for(items: list[str], engines: list[str]) -> dict[str, str]:
 
 def plan(engines: list[str], gpus: int, modes: tuple[str, ...], native: bool, workloads: list[str],
          model: str, data: str, out: Path, passthrough: list[str], quantized: list[str] = (),
-         per_engine: dict[str, str] | None = None) -> list[Planned]:
+         per_engine: dict[str, str] | None = None,
+         router_policies: dict[str, tuple[str, ...]] | None = None) -> list[Planned]:
     """Every candidate layout for every workload, each built and checked by the run's own code;
-    per_engine: --engine-kwargs text for some engines instead of the common one."""
+    per_engine: --engine-kwargs text for some engines instead of the common one; router_policies:
+    engine -> the policies of its router layouts (None: each router's default)."""
     from evaluator.cli import typed_serving_flags
     common = evaluator_args(passthrough)
     per_engine = per_engine or {}
@@ -173,12 +184,12 @@ def plan(engines: list[str], gpus: int, modes: tuple[str, ...], native: bool, wo
         check_serving_flags(base_for(engines[0]), model, data, out)
     for workload in workloads:
         serve = " serve" if workload == "serve" else ""
-        for c in candidates(engines, gpus, workload, modes, native):
+        for c in candidates(engines, gpus, workload, modes, native, router_policies):
             add(c.label + serve, workload, c.name + serve.replace(" ", "-"), c)
         for q in quantized:
             name = Path(q).name
             for engine in engines:
-                c = Candidate(engine, "single", 1, 1, 1)
+                c = Candidate(engine, Layout())
                 add(f"{c.label} {name}{serve}", workload, f"{c.name}-{name.removesuffix('.gguf')}{serve.replace(' ', '-')}",
                     c, str(Path(q).resolve()))
     return out_list
@@ -198,7 +209,7 @@ def check_serving_flags(base: argparse.Namespace, model: str, data: str, out: Pa
                         output_dir=str(out), run_id="check", model=model)
     try:
         serve = serve_config(args, args.traffic)
-        probe = RunConfig(engine=args.engine, mode="single", gpus=1, dp=1, tp=1, model=model, data=data,
+        probe = RunConfig(engine=args.engine, layout=Layout(), model=model, data=data,
                           device="cpu", sampling=SamplingConfig(max_tokens=args.max_tokens, seed=args.seed,
                                                                 temperature=args.temperature),
                           limit=args.limit, max_model_len=args.max_model_len, workload="serve", serve=serve)
@@ -216,8 +227,8 @@ def check_serving_flags(base: argparse.Namespace, model: str, data: str, out: Pa
 def warmup_key(cfg: RunConfig) -> tuple:
     """Starts with the same key compile the same graphs: same engine, workload, devices per engine
     and settings (data-parallel replicas of one device are single-device engines)."""
-    native = cfg.dp if cfg.dp_backend == "native" else 1
-    return (cfg.workload, cfg.engine, cfg.tp, native, cfg.device, json.dumps(cfg.engine_kwargs, sort_keys=True),
+    return (cfg.workload, cfg.engine, cfg.tp, cfg.layout.engine_dp, cfg.device,
+            json.dumps(cfg.engine_kwargs, sort_keys=True),
             cfg.max_model_len, cfg.cpu_cores_per_device, cfg.deterministic)
 
 
@@ -230,21 +241,21 @@ def compiles(cfg: RunConfig) -> bool:
 
 def warmup_config(cfg: RunConfig, out: Path) -> RunConfig:
     """The smallest run that makes the same engine start: one prompt, two tokens (one serving
-    level of one request), same engine, settings and devices per engine."""
-    native = cfg.dp_backend == "native"
-    dp = cfg.dp if native else 1
-    mode = "dp" if native else ("single" if cfg.tp == 1 else "tp")
+    level of one request), same engine, settings and devices per engine (a router's servers are
+    warmed by one server alone: the router compiles nothing)."""
+    native = cfg.layout.native
     serve = None
     if cfg.workload == "serve":
         serve = ServeConfig(level_kind="concurrency", levels=(1.0,), level_prompts="1",
                             request_timeout_s=cfg.serve.request_timeout_s, warmup_requests=0, level_min_s=0.0)
-    return dataclasses.replace(cfg, mode=mode, gpus=dp * cfg.tp, dp=dp, limit=1, serve=serve,
+    layout = Layout(cfg.dp if native else 1, cfg.tp, dp_backend="native" if native else "ray")
+    return dataclasses.replace(cfg, layout=layout, limit=1, serve=serve,
                                sampling=SamplingConfig(max_tokens=2, seed=cfg.sampling.seed))
 
 
 def warmup_id(cfg: RunConfig) -> str:
-    native = "-native" if cfg.dp_backend == "native" else ""
-    return f"warmup-{cfg.workload}-{cfg.engine}-{cfg.dp if native else 1}x{cfg.tp}{native}"
+    native = "-native" if cfg.layout.native else ""
+    return f"warmup-{cfg.workload}-{cfg.engine}-{cfg.layout.engine_dp}x{cfg.tp}{native}"
 
 
 # --- running ----------------------------------------------------------------------------------
@@ -356,7 +367,23 @@ def plan_from(args: argparse.Namespace, passthrough: list[str], out: Path) -> li
         if not Path(q).is_file():
             raise UsageError(f"--quantized {q}: no such file")
     return plan(engines, args.gpus, modes, not args.no_native, workloads, args.model, str(Path(args.data).resolve()),
-                out.resolve(), passthrough, quantized, engine_kwargs_for(args.engine_kwargs_for, engines))
+                out.resolve(), passthrough, quantized, engine_kwargs_for(args.engine_kwargs_for, engines),
+                router_policies(args, engines))
+
+
+def router_policies(args: argparse.Namespace, engines: list[str]) -> dict[str, tuple[str, ...]] | None:
+    """--no-router: none; --router-policies: those, for every engine with a router (a policy its
+    router lacks is planned and skipped with the reason); else None (each router's default)."""
+    if args.no_router:
+        if args.router_policies:
+            raise UsageError("give --router-policies or --no-router, not both")
+        return {}
+    if not args.router_policies:
+        return None
+    policies = tuple(p.strip() for p in args.router_policies.split(",") if p.strip())
+    if not policies:
+        raise UsageError("--router-policies is empty; give policies such as round_robin,cache_aware")
+    return {e: policies for e in engines}
 
 
 def main(argv: list[str] | None = None) -> int:

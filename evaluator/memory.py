@@ -144,8 +144,7 @@ def error(predicted: float | None, reported: float | None) -> float | None:
 
 def describe(cfg: RunConfig) -> str:
     p = predict(cfg)
-    label = f"{cfg.engine} {cfg.layout}" + (" native" if cfg.dp_backend == "native" else "") + \
-            (" serve" if cfg.workload == "serve" else "")
+    label = f"{cfg.engine} {cfg.layout.label}" + (" serve" if cfg.workload == "serve" else "")
     if p is None:
         return f"{label}: no prediction (model config or weights not readable, or no rule for {cfg.engine})"
     conc = f", {p.max_concurrency:.1f} sequences of {p.context_tokens} tokens at once" if p.max_concurrency else ""

@@ -1,6 +1,8 @@
 """The replicas of one run as Ray actors, for every driver (offline batch, serving, benchmark):
 start Ray, place one actor per replica with its devices, build them concurrently, mark dead ones,
-and end them all cleanly, also when the run fails.
+and end them all cleanly, also when the run fails. A router layout's pool also owns the engine's
+router (launchers.router), started once its servers are healthy and closed before them: the
+client sends to it (senders), the servers' metrics are read from each server (metric_urls).
 
 A successful run ends its actors the way Ray means actors to end (exit_actor through
 __ray_terminate__), so Ray prints no "worker died ... SYSTEM_ERROR" for them: an error line must
@@ -16,6 +18,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from evaluator.errors import RunFailed, UsageError
@@ -27,38 +30,38 @@ from launchers.engines.base import EngineSpec
 
 CLOSE_TIMEOUT_S = 120
 EXIT_TIMEOUT_S = 30
+ROUTER_RANK = -1          # the router's place where a replica's rank would be (a request's "replica")
 
 
 def engine_spec(cfg: RunConfig) -> EngineSpec:
-    native_dp = cfg.dp if cfg.dp_backend == "native" else 1
     fraction = None
     if cfg.device == "cpu":
         # every CPU engine takes its fraction of RAM whether it needs it or not: split the budget
-        fraction = round(cfg.cpu_memory_fraction / (cfg.dp * cfg.tp), 4)
+        fraction = round(cfg.cpu_memory_fraction / cfg.layout.devices, 4)
     return EngineSpec(model=cfg.model, tp=cfg.tp, device=cfg.device, seed=cfg.sampling.seed,
-                      max_model_len=cfg.max_model_len, native_dp=native_dp, cpu_memory_fraction=fraction,
+                      max_model_len=cfg.max_model_len, native_dp=cfg.layout.engine_dp, cpu_memory_fraction=fraction,
                       engine_kwargs=dict(cfg.engine_kwargs), deterministic=cfg.deterministic, tokenizer=cfg.tokenizer)
 
 
 def actor_env(cfg: RunConfig, rank: int) -> dict[str, str]:
     env = {"TOKENIZERS_PARALLELISM": "false"}
     if cfg.device == "cpu":
-        devices = cfg.tp * (cfg.dp if cfg.dp_backend == "native" else 1)
-        env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_thread_binding(rank, devices, cfg.cpu_cores_per_device)
+        env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_thread_binding(rank, cfg.layout.engine_devices, cfg.cpu_cores_per_device)
     return env
 
 
 def actor_resources(cfg: RunConfig) -> dict[str, Any]:
     """What Ray reserves for one replica: tp GPUs (Ray sets CUDA_VISIBLE_DEVICES) or tp devices'
     worth of CPU cores. A native-DP engine is one replica holding all dp x tp devices."""
-    devices = cfg.tp * (cfg.dp if cfg.dp_backend == "native" else 1)
+    devices = cfg.layout.engine_devices
     if cfg.device == "cuda":
         return {"num_gpus": devices, "num_cpus": 1}
     return {"num_gpus": 0, "num_cpus": devices * cfg.cpu_cores_per_device}
 
 
 def replica_count(cfg: RunConfig) -> int:
-    return 1 if cfg.dp_backend == "native" else cfg.dp
+    """Engines or servers the run starts (a router is not one)."""
+    return cfg.layout.replicas
 
 
 @dataclass
@@ -112,6 +115,8 @@ class ReplicaPool:
         self.started_ray = False
         self.head_lost: str | None = None      # why the Ray cluster we joined is gone, once it is
         self._watch_stop = threading.Event()
+        self.router = None                     # launchers.router.RouterProcess, router layouts only
+        self.router_member: Member | None = None
 
     def _init_ray(self) -> None:
         ray_auth_default(self.cfg)
@@ -144,9 +149,9 @@ class ReplicaPool:
         if not nodes or max(nodes) < per:
             raise UsageError(f"a replica needs {per:g} {kind}(s) on one node, and the largest node of the Ray "
                              f"cluster has {max(nodes, default=0):g}; use a smaller --tp")
-        if sum(int(n // per) for n in nodes) < replica_count(self.cfg):
+        if sum(int(n // per) for n in nodes) < self.cfg.layout.replicas:
             raise UsageError(f"the Ray cluster's nodes hold {sum(int(n // per) for n in nodes)} replica(s) of "
-                             f"{per:g} {kind}(s), the layout needs {replica_count(self.cfg)}")
+                             f"{per:g} {kind}(s), the layout needs {self.cfg.layout.replicas}")
 
     def start(self) -> None:
         """Start every replica concurrently; one that fails or outlasts --replica-timeout is dead
@@ -158,7 +163,7 @@ class ReplicaPool:
         self._init_ray()
         self.check_placement()
         cls = ray.remote(self.actor_cls)
-        for rank in range(replica_count(self.cfg)):
+        for rank in range(self.cfg.layout.replicas):
             actor = cls.options(max_restarts=0, max_task_retries=0, **actor_resources(self.cfg)).remote(
                 *self.actor_args(rank))
             self.members.append(Member(rank, actor))
@@ -186,6 +191,44 @@ class ReplicaPool:
             self.listener(ReplicaReady(m.rank, m.startup_s, m.info["devices"], m.info.get("compile", "unknown")))
         if not self.alive():
             raise RunFailed("no replica started: " + "; ".join(self.failures))
+        if self.cfg.layout.routed:
+            self.start_router()
+
+    def start_router(self) -> None:
+        """The engine's own router in front of the live servers, owned by this process (the
+        driver): it dies with the run (launchers.router.RouterProcess)."""
+        from launchers.engines.base import router_of
+        from launchers.router import RouterFailed, RouterProcess
+        live = self.alive()
+        log = Path(live[0].info.get("log") or "router.log")
+        timeout_s = self.cfg.serve.request_timeout_s if self.cfg.serve else 600.0
+        self.router = RouterProcess(router_of(self.cfg.engine), self.cfg.layout.router_policy,
+                                    [m.info["url"] for m in live],
+                                    log.parent / log.name.replace(f"server-{live[0].rank}-", "router-"),
+                                    request_timeout_s=timeout_s)
+        try:
+            url = self.router.start()
+        except RouterFailed as e:
+            self.failures.append(f"router: {one_line(e)}")
+            raise RunFailed(f"the router did not start: {e}") from None
+        self.router_member = Member(ROUTER_RANK, None, info={"url": url, "model_name": live[0].info["model_name"]})
+        self._placed_with_router()
+
+    def _placed_with_router(self, routed: dict[str, float] | None = None) -> None:
+        """replicas.json: the servers, then the router (rank -1) and, at the end, what it routed where."""
+        self.on_placed([{**x.info, "rank": x.rank} for x in self.members if x.info]
+                       + [{**self.router.record(routed), "rank": ROUTER_RANK}])
+
+    def senders(self) -> list[Member]:
+        """Where the load client sends: the live servers, or the router in front of them."""
+        if self.router_member is not None:
+            return [self.router_member] if self.router_member.alive else []
+        return self.alive()
+
+    def metric_urls(self) -> list[str]:
+        """Whose /metrics are scraped: every server that started (behind a router too: its workers),
+        in rank order (a dead one's scrape finds nothing)."""
+        return [m.info["url"] for m in self.members if m.info.get("url")]
 
     def peak_memory(self) -> dict[int, float]:
         """rank -> GiB at each live replica's peak (its processes' device memory on GPUs, resident
@@ -250,8 +293,14 @@ class ReplicaPool:
         return [m for m in self.members if m.alive]
 
     def fail(self, m: Member, why: str, requeued: int = 0) -> None:
-        """Mark a replica dead and end its processes."""
+        """Mark a replica (or the router) dead and end its processes."""
         if not m.alive:
+            return
+        if m is self.router_member:
+            m.alive, m.failed = False, why
+            self.failures.append(f"router: {why}")
+            self.listener(Warning(f"the router failed: {why}"))
+            self.router.close()
             return
         self.check_head(confirm=True)     # a replica lost with the cluster's head is told as the head's loss
         m.alive, m.failed = False, why
@@ -272,6 +321,9 @@ class ReplicaPool:
         With the cluster's head gone there is no Ray to ask: the groups on this host are ended."""
         import ray
         self._watch_stop.set()
+        if self.router is not None:       # first: nothing may route to servers that are closing
+            self._placed_with_router(self.router.routed())
+            self.router.close()
         if self.head_lost:
             for m in self.members:
                 m.alive = False

@@ -55,7 +55,8 @@ class RunProgress:
             case RequestDone(rank=rank):
                 if self.level is not None:
                     p.advance(self.level, 1)
-                p.update(self.tasks[rank], note="serving")
+                if rank in self.tasks:      # -1: no replica known (a router chose it, or none was left)
+                    p.update(self.tasks[rank], note="serving")
             case LevelDone(summary=line):
                 if self.level is not None:
                     p.update(self.level, note=line)

@@ -8,7 +8,8 @@ and the run's summary (RunSummary). Units are in the names.
 Files carry schema_version. Reading is strict: an unknown field or a newer schema is an error
 (RecordError), never silently dropped; schema 1 (before attempts, intervals and serving) is
 read by filling what it did not record, schema 2 (before traffic, memory and capacity) by the
-fields' defaults.
+fields' defaults, schema 3 (the layout as mode, gpus, dp, tp and dp_backend fields of the run
+config) by building its Layout record from them.
 
     python -c "from evaluator.records import SCHEMA_VERSION; print(SCHEMA_VERSION)"
 """
@@ -17,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+from evaluator.layout import Layout, LayoutError, resolve
 
 SCHEMA_VERSION = 4
 
@@ -90,12 +93,11 @@ class ServeConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that defines a run; written to config.json before any work starts."""
+    """Everything that defines a run; written to config.json before any work starts. The layout
+    is one record with named axes (evaluator.layout.Layout); dp, tp, mode, gpus and dp_backend
+    are read through it."""
     engine: str
-    mode: str
-    gpus: int
-    dp: int
-    tp: int
+    layout: Layout
     model: str
     data: str
     device: str                      # "cuda" or "cpu"
@@ -107,7 +109,6 @@ class RunConfig:
     cpu_memory_fraction: float = 0.5
     sharding: str = "contiguous"
     chunk_size: int | None = None
-    dp_backend: str = "ray"           # "ray" (one actor per replica) or "native" (engine's own DP)
     on_replica_failure: str = "rerun"
     replica_timeout_s: float | None = None
     ray_address: str | None = None
@@ -118,9 +119,27 @@ class RunConfig:
     tokenizer: str | None = None      # the folder with config and tokenizer when model is a checkpoint file (GGUF)
     base_model: str | None = None     # the model this one is a quantised checkpoint of (answers paired with it)
 
+    # the layout's axes, read as before (every driver and table reads these)
     @property
-    def layout(self) -> str:
-        return f"{self.dp}x{self.tp}"
+    def dp(self) -> int:
+        return self.layout.dp
+
+    @property
+    def tp(self) -> int:
+        return self.layout.tp
+
+    @property
+    def dp_backend(self) -> str:
+        return self.layout.dp_backend
+
+    @property
+    def mode(self) -> str:
+        return self.layout.mode
+
+    @property
+    def gpus(self) -> int:
+        """Devices the layout holds."""
+        return self.layout.devices
 
     @property
     def model_folder(self) -> str:
@@ -132,7 +151,19 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        d = dict(d)
+        old = {k: d.pop(k) for k in ("mode", "gpus", "dp", "tp", "dp_backend") if k in d}
         d = dict(_strict(cls, d, "run config"))
+        try:
+            if "layout" in d:
+                if old:
+                    raise RecordError(f"run config: both a layout and {', '.join(old)}")
+                d["layout"] = Layout.from_dict(d["layout"])
+            else:       # schema 3 and older: the layout as flat fields
+                d["layout"] = resolve(old.get("mode"), old.get("gpus"), old.get("dp"), old.get("tp"),
+                                      old.get("dp_backend", "ray"))
+        except LayoutError as e:
+            raise RecordError(f"run config: {e}") from None
         d["sampling"] = SamplingConfig(**_strict(SamplingConfig, d["sampling"], "sampling config"))
         if d.get("serve") is not None:
             d["serve"] = ServeConfig.from_dict(d["serve"])
@@ -294,7 +325,7 @@ class RunSummary:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["layout"] = self.config.layout
+        d["layout"] = self.config.layout.label       # derived, for readers of the file ("2x1 native")
         return d
 
     @classmethod

@@ -297,19 +297,21 @@ class LevelRunner:
         self.warmup_note: dict = {}
 
     def connect(self) -> None:
-        self.live = self.pool.alive()
+        self.live = self.pool.senders()         # the servers, or (router layouts) the router in front of them
         self.endpoints = Endpoints([m.info["url"] for m in self.live])
         self.model = self.live[0].info["model_name"]
 
     def warm_up(self) -> None:
         """Untimed requests on every server before the first measured level (first-request costs:
-        CUDA graphs or kernels picked, caches touched), none of which any level sends."""
+        CUDA graphs or kernels picked, caches touched), none of which any level sends. They go to
+        each engine server directly, not through a router (whose policy may send them all to one)."""
         n, sv = self.cfg.serve.warmup_requests, self.cfg.serve
         if n <= 0:
             return
         requests = self.work.warmup(n)
+        servers = self.pool.alive()     # the engines' servers themselves, behind a router too
         t0 = time.perf_counter()
-        self.listener(LevelStarted("warm-up", 0, self.total, n * len(self.endpoints.urls)))
+        self.listener(LevelStarted("warm-up", 0, self.total, n * len(servers)))
 
         async def all_servers():
             import asyncio
@@ -318,7 +320,7 @@ class LevelRunner:
                                                     self.cfg.sampling, self.model, request_timeout_s=sv.request_timeout_s,
                                                     headers=self.headers, health_interval_s=None,
                                                     on_result=lambda r, rank=m.rank: self.listener(RequestDone(rank, r.ok)))
-                                          for url, m in zip(self.endpoints.urls, self.live)))
+                                          for url, m in ((m.info["url"], m) for m in servers)))
         import asyncio
         done = asyncio.run(all_servers())
         errors = sum(not r.ok for results, _ in done for r in results)
@@ -340,7 +342,7 @@ class LevelRunner:
             self.warm_up()
         live, endpoints, sv = self.live, self.endpoints, self.cfg.serve
         self.listener(LevelStarted(level.label, self.position, self.total, len(supply.requests)))
-        scraper = Scraper(list(endpoints.urls), self.pool_metrics(), headers=self.headers)
+        scraper = Scraper(self.pool.metric_urls(), self.pool_metrics(), headers=self.headers)
         results, duration_s = run_level_sync(
             endpoints, supply, level, self.cfg.sampling, self.model,
             on_result=lambda r: self.listener(RequestDone(live[r.replica].rank if r.replica >= 0 else -1, r.ok)),

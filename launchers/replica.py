@@ -52,8 +52,13 @@ subprocess.Popen([sys.executable, "-c", sys.argv[1], *sys.argv[2:]], start_new_s
 """
 
 
-def start_reaper() -> None:
-    subprocess.run([sys.executable, "-c", LAUNCH, REAPER, str(os.getpid()), str(os.getpgid(0))],
+def start_reaper(watch_pid: int | None = None, pgid: int | None = None) -> None:
+    """A reaper that SIGKILLs process group pgid once process watch_pid is gone (default: this
+    process and its own group, as a replica actor uses it; the run's router: the driver and the
+    router's group)."""
+    watch_pid = os.getpid() if watch_pid is None else watch_pid
+    pgid = os.getpgid(0) if pgid is None else pgid
+    subprocess.run([sys.executable, "-c", LAUNCH, REAPER, str(watch_pid), str(pgid)],
                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    close_fds=True, check=True)
 
@@ -261,7 +266,7 @@ class ServerReplica(_ReplicaBase):
                                                      f"answered {launch.health_path}", self.log_path), rc)
                 if _healthy(url + launch.health_path):
                     return {"url": url, "model_name": launch.model_name, "server_pid": self.proc.pid,
-                            "argv": list(launch.redacted_argv)}
+                            "argv": list(launch.redacted_argv), "log": str(self.log_path)}
                 if time.monotonic() > deadline:
                     raise ServerFailed(start_failure(f"{self.engine_name} server did not answer {launch.health_path} "
                                                      f"within {self.start_timeout_s:g} s", self.log_path))

@@ -4,9 +4,10 @@ arrays plus one report job that waits for them, and skip tasks that already fini
     python -m launchers.sweep --engines vllm,sglang --modes single,dp,tp --gpus 2 \
         --model models/qwen2.5-coder-0.5b-instruct --data data/gsm8k_test.parquet --submit
 
-The sweep file holds one run per line, `ENGINE MODE GPUS [DP TP] [EVALUATOR FLAGS...]`, with
-`#` comments; task i is the i-th run line (0-based), so SLURM_ARRAY_TASK_ID = i picks it. Each
-task writes RESULTS/SWEEP_ID/<i>/ (the evaluator's --output-dir/--run-id) and logs to
+The sweep file holds one run per line, `ENGINE AXIS=N... [EVALUATOR FLAGS...]` (the layout by its
+named axes, e.g. `vllm dp=2 tp=1 --limit 64`; launchers.sweepfile), with `#` comments; task i is
+the i-th run line (0-based), so SLURM_ARRAY_TASK_ID = i picks it. Each task writes
+RESULTS/SWEEP_ID/<i>/ (the evaluator's --output-dir/--run-id) and logs to
 RESULTS/SWEEP_ID/logs/<array job>_<i>.log. The sweep folder keeps its own sweep.txt, so
 `--sweep-dir RESULTS/SWEEP_ID --submit` re-submits it later: tasks whose summary.json exists are
 left out, and a task folder with config.json but no summary.json is resumed (--resume).
@@ -34,7 +35,7 @@ from evaluator.cli import split_passthrough
 from evaluator.layout import MODES
 from launchers.engines.base import ENGINES
 from launchers.sweepfile import (LOGS, SWEEP_FILE, SweepError, SweepLine, finished, format_sweep, generate,
-                                 parse_sweep, read_sweep, task_argv, whole_number)
+                                 layout_flag, parse_sweep, read_sweep, task_argv, whole_number)
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_SBATCH = ROOT / "slurm" / "sweep.sbatch"
@@ -93,12 +94,13 @@ def plan_arrays(lines: list[SweepLine], gres: str, cpus_per_device: str, has_gpu
         if gres == "none" or (gres == "auto" and not has_gpu_gres):
             g = None
         elif gres == "auto":
-            g = f"gpu:{line.gpus}"
+            g = f"gpu:{line.layout.devices}"
         else:
-            g = gres.format(n=line.gpus)
+            g = gres.format(n=line.layout.devices)
         per_device = line.flag("--cpu-cores-per-device", "1") if cpus_per_device == "auto" else cpus_per_device
-        cpus = None if g and cpus_per_device == "auto" else line.gpus * whole_number(per_device, "cores per device",
-                                                                             f"task {line.task}")
+        devices = line.layout.devices
+        cpus = None if g and cpus_per_device == "auto" else devices * whole_number(per_device, "cores per device",
+                                                                                   f"task {line.task}")
         groups.setdefault((g, cpus), []).append(line.task)
     return [ArrayPlan(tuple(tasks), g, cpus) for (g, cpus), tasks in groups.items()]
 
@@ -183,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workload", choices=("offline", "serve"), default="offline",
                    help="what every run measures (serve: add its levels after --, e.g. -- --concurrency 1,16)")
     g.add_argument("--no-native", action="store_true", help="leave out the engines' own data parallelism")
+    g.add_argument("--router-policies", metavar="POLICY[,POLICY]",
+                   help="serve: the policies of the router layouts (dp=N servers behind the engine's own router), "
+                        "in the routers' names: round_robin, power_of_two, cache_aware, random (default: each "
+                        "router's own default, cache_aware)")
+    g.add_argument("--no-router", action="store_true", help="leave out the router layouts")
     g.add_argument("--model", help="model folder or hub id, added to every run")
     g.add_argument("--data", help="GSM8K parquet, added to every run")
     g.add_argument("--sweep-file", help="a hand-written sweep file instead of --engines/--modes/--gpus; "
@@ -215,6 +222,9 @@ def _split_list(value: str, name: str) -> list[str]:
 
 
 def _common_flags(args: argparse.Namespace, passthrough: list[str]) -> list[str]:
+    bad = layout_flag(passthrough)
+    if bad:
+        raise SweepError(f"{bad} after -- sets the layout, which each sweep line names by its axes")
     flags = []
     if args.model:
         # local folders become absolute: jobs run from the repo root, maybe on another node
@@ -236,7 +246,7 @@ def lines_from_args(args: argparse.Namespace, passthrough: list[str]) -> list[Sw
             raise SweepError(f"--sweep-file {path}: no such file")
         parsed = parse_sweep(path.read_text(), str(path))
         # common flags first: argparse keeps the last value, so a line's own flags win
-        lines = [SweepLine(l.task, l.engine, l.mode, l.gpus, l.dp, l.tp, tuple(flags) + l.flags) for l in parsed]
+        lines = [SweepLine(l.task, l.engine, l.layout, tuple(flags) + l.flags) for l in parsed]
     else:
         if not args.engines:
             raise SweepError("give --engines (to generate a sweep), --sweep-file or --sweep-dir")
@@ -248,10 +258,19 @@ def lines_from_args(args: argparse.Namespace, passthrough: list[str]) -> list[Sw
             if m not in MODES:
                 raise SweepError(f"--modes: unknown mode {m!r}; choose from {', '.join(MODES)}")
         gpus = [whole_number(v, "each --gpus value", "--gpus") for v in _split_list(args.gpus, "--gpus")]
-        lines = generate(engines, modes, gpus, flags, args.workload, not args.no_native)
+        lines = generate(engines, modes, gpus, flags, args.workload, not args.no_native, router_policies(args, engines))
     if not lines:
         raise SweepError("the sweep has no runs (hybrid needs a GPU count with a split dp x tp, both > 1)")
     return lines
+
+
+def router_policies(args: argparse.Namespace, engines: list[str]) -> dict[str, tuple[str, ...]] | None:
+    """--no-router: none; --router-policies: those for every engine; else each router's default."""
+    if args.no_router:
+        return {}
+    if not args.router_policies:
+        return None
+    return {e: tuple(_split_list(args.router_policies, "--router-policies")) for e in engines}
 
 
 def prepare(args: argparse.Namespace, passthrough: list[str]) -> tuple[Path, list[SweepLine]]:

@@ -1,9 +1,12 @@
-"""The sweep file: one evaluator run per line, `ENGINE MODE GPUS [DP TP] [EVALUATOR FLAGS...]`, with
-`#` comments; task i is the i-th run line (0-based), so SLURM_ARRAY_TASK_ID = i picks it. Written
-from the same layout enumeration as `python -m evaluator.compare` (evaluator.layout.candidates),
-read back by the array tasks, and told what each task should run (a new run, or --resume).
+"""The sweep file: one evaluator run per line, `ENGINE AXIS=N... [EVALUATOR FLAGS...]`, the layout
+named by its axes (evaluator.layout: dp, tp, pp, ep, dp-backend, router-policy; an axis left out
+takes its default), with `#` comments; task i is the i-th run line (0-based), so
+SLURM_ARRAY_TASK_ID = i picks it. Written from the same layout enumeration as
+`python -m evaluator.compare` (evaluator.layout.candidates), read back by the array tasks, and told
+what each task should run (a new run, or --resume). Lines of the older format, `ENGINE MODE GPUS
+[DP TP] [FLAGS...]`, are still read (sweep folders written before keep re-submitting).
 
-    python -c "from launchers.sweepfile import parse_sweep; print(parse_sweep('vllm dp 2 --limit 8'))"
+    python -c "from launchers.sweepfile import parse_sweep; print(parse_sweep('vllm dp=2 tp=1 --limit 8'))"
 """
 from __future__ import annotations
 
@@ -11,15 +14,19 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluator.layout import MODES, candidates
+from evaluator.layout import MODES, SPEC_KEYS, Layout, LayoutError, candidates, parse_spec, resolve
 from launchers.engines.base import ENGINES
 
 SWEEP_FILE, LOGS, SUMMARY, CONFIG = "sweep.txt", "logs", "summary.json", "config.json"
 
 FORMAT_HELP = """\
-# One evaluator run per line: ENGINE MODE GPUS [DP TP] [EVALUATOR FLAGS...]
+# One evaluator run per line: ENGINE AXIS=N... [EVALUATOR FLAGS...], the layout by its axes:
+#   dp=N tp=N (pp=N ep=N, dp-backend=ray|native|router, router-policy=POLICY where not the default)
 # Task i (0-based, counting run lines only) is SLURM array index i; it writes <this folder>/<i>/.
 # Relative paths in flags are relative to the repo root (the jobs' working directory)."""
+
+# flags that would set the layout a second time, beside its axes
+LAYOUT_FLAGS = ("--mode", "--gpus", "--dp", "--tp", "--dp-backend", "--router-policy")
 
 
 class SweepError(ValueError):
@@ -30,24 +37,15 @@ class SweepError(ValueError):
 class SweepLine:
     task: int
     engine: str
-    mode: str
-    gpus: int
-    dp: int | None = None
-    tp: int | None = None
+    layout: Layout
     flags: tuple[str, ...] = ()
 
     def argv(self) -> list[str]:
         """The evaluator's arguments for this run, without where it writes."""
-        out = ["--engine", self.engine, "--mode", self.mode, "--gpus", str(self.gpus)]
-        if self.dp is not None:
-            out += ["--dp", str(self.dp), "--tp", str(self.tp)]
-        return out + list(self.flags)
+        return ["--engine", self.engine, *self.layout.argv(), *self.flags]
 
     def text(self) -> str:
-        fields = [self.engine, self.mode, str(self.gpus)]
-        if self.dp is not None:
-            fields += [str(self.dp), str(self.tp)]
-        return shlex.join(fields + list(self.flags))
+        return shlex.join([self.engine, *self.layout.spec().split(), *self.flags])
 
     def flag(self, name: str, default: str | None = None) -> str | None:
         """Last value of --name in the flags (argparse keeps the last one too)."""
@@ -70,6 +68,44 @@ def whole_number(token: str, what: str, where: str) -> int:
     return value
 
 
+def layout_flag(flags: list[str] | tuple[str, ...]) -> str | None:
+    """The first flag of `flags` that sets the layout (the axes do that), or None."""
+    return next((f.split("=")[0] for f in flags if f.split("=")[0] in LAYOUT_FLAGS), None)
+
+
+def _old_line(tokens: list[str], where: str, raw: str) -> tuple[Layout, list[str]]:
+    """`MODE GPUS [DP TP] [FLAGS...]` (the format before named axes): the layout, with the
+    --dp-backend / --router-policy of its flags taken into it, and the other flags."""
+    mode = tokens[0]
+    if len(tokens) < 2:
+        raise SweepError(f"{where}: expected ENGINE MODE GPUS [DP TP] [FLAGS...], got {raw.strip()!r}")
+    gpus = whole_number(tokens[1], "GPUS", where)
+    rest = tokens[2:]
+    dp = tp = None
+    if rest and not rest[0].startswith("-"):
+        if len(rest) < 2 or rest[1].startswith("-"):
+            raise SweepError(f"{where}: DP needs TP after it (ENGINE MODE GPUS DP TP)")
+        dp, tp, rest = whole_number(rest[0], "DP", where), whole_number(rest[1], "TP", where), rest[2:]
+    if rest and not rest[0].startswith("-"):
+        raise SweepError(f"{where}: {rest[0]!r} is neither DP/TP nor a flag (flags start with -)")
+    if mode == "hybrid" and dp is None:
+        raise SweepError(f"{where}: mode hybrid needs DP and TP (e.g. 'vllm hybrid 4 2 2')")
+    own = {"--dp-backend": "ray", "--router-policy": None}
+    flags, i = [], 0
+    while i < len(rest):          # the last value wins, as argparse would have it
+        name, eq, value = rest[i].partition("=")
+        if name in own and (eq or i + 1 < len(rest)):
+            own[name] = value if eq else rest[i + 1]
+            i += 1 if eq else 2
+            continue
+        flags.append(rest[i])
+        i += 1
+    try:
+        return resolve(mode, gpus, dp, tp, own["--dp-backend"], own["--router-policy"]), flags
+    except LayoutError as e:
+        raise SweepError(f"{where}: {e}") from None
+
+
 def parse_sweep(text: str, source: str = SWEEP_FILE) -> list[SweepLine]:
     lines = []
     for lineno, raw in enumerate(text.splitlines(), 1):
@@ -80,45 +116,45 @@ def parse_sweep(text: str, source: str = SWEEP_FILE) -> list[SweepLine]:
             raise SweepError(f"{where}: {e}") from None
         if not tokens:
             continue
-        if len(tokens) < 3:
-            raise SweepError(f"{where}: expected ENGINE MODE GPUS [DP TP] [FLAGS...], got {raw.strip()!r}")
-        engine, mode = tokens[0], tokens[1]
+        engine = tokens[0]
         if engine not in ENGINES:
             raise SweepError(f"{where}: unknown engine {engine!r}; choose from {', '.join(sorted(ENGINES))}")
-        if mode not in MODES:
-            raise SweepError(f"{where}: unknown mode {mode!r}; choose from {', '.join(MODES)}")
-        gpus = whole_number(tokens[2], "GPUS", where)
-        rest = tokens[3:]
-        dp = tp = None
-        if rest and not rest[0].startswith("-"):
-            if len(rest) < 2 or rest[1].startswith("-"):
-                raise SweepError(f"{where}: DP needs TP after it (ENGINE MODE GPUS DP TP)")
-            dp, tp, rest = whole_number(rest[0], "DP", where), whole_number(rest[1], "TP", where), rest[2:]
-        if rest and not rest[0].startswith("-"):
-            raise SweepError(f"{where}: {rest[0]!r} is neither DP/TP nor a flag (flags start with -)")
-        if mode == "hybrid" and dp is None:
-            raise SweepError(f"{where}: mode hybrid needs DP and TP (e.g. 'vllm hybrid 4 2 2')")
-        lines.append(SweepLine(len(lines), engine, mode, gpus, dp, tp, tuple(rest)))
+        if len(tokens) > 1 and tokens[1] in MODES:
+            layout, flags = _old_line(tokens[1:], where, raw)
+        else:
+            n = next((k for k, t in enumerate(tokens) if k and t.startswith("-")), len(tokens))
+            axes = tokens[1:n]
+            if not axes:
+                raise SweepError(f"{where}: expected ENGINE AXIS=N... [FLAGS...] (e.g. 'vllm dp=2 tp=1'), got "
+                                 f"{raw.strip()!r}")
+            try:
+                layout = parse_spec(axes)
+            except LayoutError as e:
+                raise SweepError(f"{where}: {e}") from None
+            flags = tokens[n:]
+            bad = layout_flag(flags)
+            if bad:
+                raise SweepError(f"{where}: {bad} sets the layout, which the line's axes name "
+                                 f"({', '.join(SPEC_KEYS)})")
+        lines.append(SweepLine(len(lines), engine, layout, tuple(flags)))
     return lines
 
 
 def generate(engines: list[str], modes: list[str], gpus: list[int], flags: list[str],
-             workload: str = "offline", native: bool = True) -> list[SweepLine]:
+             workload: str = "offline", native: bool = True,
+             router_policies: dict[str, tuple[str, ...]] | None = None) -> list[SweepLine]:
     """engines x modes x GPU counts, enumerated by evaluator.layout.candidates (the same list
     `python -m evaluator.compare` runs locally): single once per engine, dp, tp, every hybrid
-    split, and the engine's own DP where it has one for the workload; repeats written once."""
+    split, the engine's own DP where it has one for the workload, and (serve) its router per
+    policy; repeats written once."""
     seen, lines = set(), []
     extra = ["--workload", workload] if workload != "offline" else []
     for n in gpus:
-        for c in candidates(engines, n, workload, tuple(modes), native):
-            key = (c.engine, c.mode, c.gpus, c.dp, c.tp, c.dp_backend)
-            if key in seen:
+        for c in candidates(engines, n, workload, tuple(modes), native, router_policies):
+            if (c.engine, c.layout) in seen:
                 continue
-            seen.add(key)
-            hybrid = c.mode == "hybrid"
-            own = ["--dp-backend", c.dp_backend] if c.dp_backend != "ray" else []
-            lines.append(SweepLine(len(lines), c.engine, c.mode, c.gpus, c.dp if hybrid else None,
-                                   c.tp if hybrid else None, tuple(own + extra + flags)))
+            seen.add((c.engine, c.layout))
+            lines.append(SweepLine(len(lines), c.engine, c.layout, tuple(extra + flags)))
     return lines
 
 

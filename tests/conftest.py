@@ -123,7 +123,8 @@ def comparison(tiny_model, gsm8k_parquet, tmp_path_factory) -> dict:
     over two replicas): single, dp=2 and tp=2 of vLLM run offline and serving (the serving flags
     reach the serving runs only), single and dp=2 of the transformers reference engine offline (its
     tp and serving layouts skipped with the reason); SGLang's layouts are skipped with the reason
-    this machine gives.
+    this machine gives. Serving also runs dp=2 behind vLLM's own router (vllm-router, round robin)
+    beside our Ray DP (native DP needs GPUs: skipped with the reason).
     The comparison is SIGKILLed (its whole process group, the running evaluator included) while its
     second layout's engines start, then resumed: the finished layout must be kept, not run again.
     Shared by the end-to-end, serving, report and analysis tests. {"out": folder, "stderr": what the
@@ -131,7 +132,7 @@ def comparison(tiny_model, gsm8k_parquet, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("results") / "cmp"
     argv = ["-m", "evaluator.compare", "--engines", "vllm,sglang,hf", "--gpus", "2", "--model", str(tiny_model),
             "--data", str(gsm8k_parquet), "--out", str(out), "--gpu-hour-price", "2.5", "--workload", "both",
-            "--engine-kwargs-for", "hf={}", "--",
+            "--engine-kwargs-for", "hf={}", "--router-policies", "round_robin", "--",
             "--device", "cpu", "--limit", "13", "--max-tokens", "12", *FAST_CPU, *HEADLINE_SERVE]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(["flock", LOCK, sys.executable, *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,

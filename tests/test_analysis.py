@@ -13,6 +13,7 @@ import pytest
 
 from evaluator.report import analysis
 from evaluator.report.analysis import Cost, break_even_prompts, compare_samples, mcnemar_exact_p, verdict
+from evaluator.layout import Layout
 from evaluator.records import ReplicaTiming, RunConfig, RunSummary, Sample, SamplingConfig
 from evaluator.scoring import flexible_extract, is_correct, majority, strict_extract
 from evaluator.store import RunDir
@@ -32,8 +33,7 @@ def write_run(root: Path, run_id: str, samples: list[Sample], dp: int = 1, tp: i
               sharding: str = "contiguous", sampling: SamplingConfig = SamplingConfig(max_tokens=12),
               engine_kwargs: dict | None = None, max_model_len: int | None = None, **summary_kw) -> Path:
     generate_s = generate_s or [20.0] * dp
-    cfg = RunConfig(engine="vllm", mode="single" if dp * tp == 1 else ("dp" if tp == 1 else "tp"), gpus=dp * tp,
-                    dp=dp, tp=tp, model="/models/tiny", data=data, device="cpu", sampling=sampling,
+    cfg = RunConfig(engine="vllm", layout=Layout(dp, tp), model="/models/tiny", data=data, device="cpu", sampling=sampling,
                     sharding=sharding, engine_kwargs=engine_kwargs or {}, max_model_len=max_model_len)
     per = len(samples) // dp
     replicas = tuple(ReplicaTiming(rank=r, devices=f"cpu {r}", startup_s=startup_s - r, generate_s=g,

@@ -10,6 +10,7 @@ import math
 
 import pytest
 
+from evaluator.layout import Layout
 from evaluator.records import Completion, RunConfig, SamplingConfig
 from launchers.engines import sglang, vllm
 from launchers.engines.base import (EngineSpec, cannot, capabilities, cli_flags, layout_kwarg_problem, read_log,
@@ -241,7 +242,7 @@ def test_prediction_of_a_run_and_the_context_refusal(tiny_model):
     from evaluator.errors import UsageError
     from evaluator.memory import check_fits, kv_bytes_per_token, predict
     from evaluator.modelinfo import model_config
-    cfg = RunConfig(engine="vllm", mode="single", gpus=1, dp=1, tp=1, model=str(tiny_model), data="/d", device="cpu",
+    cfg = RunConfig(engine="vllm", layout=Layout(), model=str(tiny_model), data="/d", device="cpu",
                     sampling=SamplingConfig(), max_model_len=1024, cpu_memory_fraction=0.2)
     p = predict(cfg)
     per = kv_bytes_per_token(model_config(str(tiny_model)), 2)

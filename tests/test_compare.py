@@ -42,7 +42,10 @@ def test_serving_flags_reach_serving_runs_only(tiny_model, gsm8k_parquet, tmp_pa
     offline = [p for p in layouts if p.workload == "offline" and p.config]
     serve = [p for p in layouts if p.workload == "serve" and p.config]
     assert [p.run_id for p in offline] == ["vllm-single", "vllm-dp2"]
-    assert [p.run_id for p in serve] == ["vllm-single-serve", "vllm-dp2-serve"]
+    # serving adds dp=2 servers behind vLLM's own router, at the router's default policy
+    assert [p.run_id for p in serve] == ["vllm-single-serve", "vllm-dp2-serve", "vllm-dp2-router-cache_aware-serve"]
+    assert serve[2].label == "vllm 2x1 router cache_aware serve"
+    assert (serve[2].config.layout.dp_backend, serve[2].config.layout.router_policy) == ("router", "cache_aware")
     assert all(p.config.serve is None and p.config.sampling.max_tokens == 32 for p in offline)
     assert all(p.config.serve.levels == (1.0, 16.0) and p.config.serve.slo_ttft_ms == 500 for p in serve)
     skipped = {p.label: p.skipped for p in layouts if p.skipped}
@@ -114,14 +117,16 @@ def test_resume_refuses_flags_that_change_the_plan(tiny_model, gsm8k_parquet, tm
 
 def test_warmup_configs_are_one_per_compile_configuration(tiny_model, gsm8k_parquet, tmp_path):
     """dp=2 of single-device engines compiles what single compiles: one warm-up serves both; tp=2
-    compiles its own graphs; a serving start is its own (the server's defaults differ)."""
+    compiles its own graphs; a serving start is its own (the server's defaults differ); servers
+    behind a router compile what Ray DP's servers compile."""
     layouts = compare.plan(["vllm"], 2, ("single", "dp", "tp"), False, ["offline", "serve"], str(tiny_model),
                            str(gsm8k_parquet), tmp_path, ["--device", "cpu", "--limit", "4", "--concurrency", "1",
                                                           "--level-prompts", "1"])
     keys = {}
     for p in layouts:
         keys.setdefault(compare.warmup_key(p.config), []).append(p.run_id)
-    assert sorted(keys.values()) == [["vllm-single", "vllm-dp2"], ["vllm-single-serve", "vllm-dp2-serve"],
+    assert sorted(keys.values()) == [["vllm-single", "vllm-dp2"], ["vllm-single-serve", "vllm-dp2-serve",
+                                                                    "vllm-dp2-router-cache_aware-serve"],
                                      ["vllm-tp2"], ["vllm-tp2-serve"]]
     w = compare.warmup_config(layouts[1].config, tmp_path)            # of dp=2
     assert (w.dp, w.tp, w.mode, w.limit, w.sampling.max_tokens) == (1, 1, "single", 1, 2)

@@ -21,7 +21,8 @@ from tests.conftest import run_cli
 pytestmark = pytest.mark.slow
 
 ENGINE_MARKERS = ("EngineCore", "VLLM::Worker", "VLLM::EngineCore", "ray::Replica", "ray::ServerReplica",
-                  "launchers.engine_host", "vllm.entrypoints.openai.api_server")
+                  "launchers.engine_host", "vllm.entrypoints.openai.api_server", "vllm_router.launch_router",
+                  "vllm::router", "sglang_router.launch_router")
 
 
 def engine_processes() -> list[str]:
@@ -116,15 +117,16 @@ def test_the_killed_comparison_resumed_without_rerunning_finished_layouts(compar
     assert sorted(dp2.read_attempts()) == [1, 2], "the killed dp=2 start, then the one that finished"
     assert [a.finished for a in dp2.read_summary().attempts] == [False, True]
     result = json.loads(comparison["stdout"].strip().splitlines()[-1])
-    assert sorted(result["finished"]) == ["hf-dp2", "hf-single", "vllm-dp2", "vllm-dp2-serve", "vllm-single",
-                                          "vllm-single-serve", "vllm-tp2", "vllm-tp2-serve"] and result["failed"] == []
+    assert sorted(result["finished"]) == ["hf-dp2", "hf-single", "vllm-dp2", "vllm-dp2-router-round_robin-serve",
+                                          "vllm-dp2-serve", "vllm-single", "vllm-single-serve", "vllm-tp2",
+                                          "vllm-tp2-serve"] and result["failed"] == []
     plan = json.loads((out / "compare.json").read_text())
     assert [p["run_id"] for p in plan["layouts"]][:3] == ["vllm-single", "vllm-dp2", "vllm-tp2"]
     # the README's headline command: every offline layout and every serving layout, in one report
     md = (out / "report.md").read_text()
     assert "## Batch: which layout finishes first" in md and "## Serving" in md
     rows = [line for line in md.splitlines() if line.startswith("| vllm |")]
-    assert sum(" serve" in line for line in rows) == 3 and sum(" serve" not in line for line in rows) == 3
+    assert sum(" serve" in line for line in rows) == 4 and sum(" serve" not in line for line in rows) == 3
     assert "- hf 1x2: hf has no tensor parallelism" in md and "- hf 1x1 serve: hf has no serve workload" in md
 
 
@@ -176,7 +178,8 @@ def test_report_prints_every_run(layout_runs):
     r = run_cli(["-m", "evaluator.report", str(results)], lock=False, env={"COLUMNS": "250"})
     assert r.returncode == 0, r.stderr
     table_rows = [l for l in r.stdout.splitlines() if "vllm" in l and " serve " not in l and "hf " not in l]
-    assert len(table_rows) == 3 and sum(" serve " in l for l in r.stdout.splitlines() if "vllm" in l) == 3
+    # serving: single, dp=2 and tp=2, and dp=2 behind vllm-router
+    assert len(table_rows) == 3 and sum(" serve " in l for l in r.stdout.splitlines() if "vllm" in l) == 4
     assert any("1x1" in l for l in table_rows) and any("2x1" in l for l in table_rows) and any("1x2" in l for l in table_rows)
     # speedup = the single run's generate s / this run's, as computed from the summaries
     summaries = [RunDir(layout_runs[n]).read_summary() for n in ("single", "dp2", "tp2")]

@@ -12,6 +12,7 @@ from evaluator.errors import RunFailed
 from evaluator.events import ReplicaFailed
 from evaluator.hosts import HostFacts
 from evaluator.offline import execute
+from evaluator.layout import Layout
 from evaluator.records import Prompt, RunConfig, SamplingConfig
 from evaluator.store import RunDir
 from tests.fake_engine import FakeReplica, byte_ids
@@ -30,7 +31,7 @@ HOST = HostFacts("cpu (test)", {})
 
 
 def config(tmp_path, **kw) -> RunConfig:
-    base = dict(engine="vllm", mode="dp", gpus=2, dp=2, tp=1, model=str(tmp_path), data=str(tmp_path / "d.parquet"),
+    base = dict(engine="vllm", layout=Layout(2, 1), model=str(tmp_path), data=str(tmp_path / "d.parquet"),
                 device="cpu", sampling=SamplingConfig(max_tokens=8), engine_kwargs={})
     base.update(kw)
     return RunConfig(**base)
@@ -104,7 +105,7 @@ def test_start_failure_leaves_the_other_replica_to_do_everything(tmp_path):
 
 def test_all_replicas_dead_is_an_error(tmp_path):
     with pytest.raises(RunFailed):
-        run(tmp_path, n=6, dp=1, mode="single", gpus=1, engine_kwargs={"die_rank": 0})
+        run(tmp_path, n=6, layout=Layout(), engine_kwargs={"die_rank": 0})
 
 
 def test_a_replica_lost_with_the_joined_clusters_head_is_told_as_the_heads_loss(tmp_path):
@@ -186,7 +187,7 @@ def test_resumed_run_times_only_what_its_last_attempt_generated(tmp_path):
     assert first.generate_s > 0 and second.generate_s > 0 and second.startup_s >= 0
     # the table marks it and gives it no speedup, even next to a single-device run of the same work
     from evaluator.report.tables import rows
-    single, _, _ = run(tmp_path, n=20, name="single", mode="single", gpus=1, dp=1, chunk_size=2,
+    single, _, _ = run(tmp_path, n=20, name="single", layout=Layout(), chunk_size=2,
                        engine_kwargs={"delay_s": 0.05})
     by_id = {r["run_id"]: r for r in rows([single, summary])}
     assert by_id["cut"]["resumed"] and by_id["cut"]["speedup"] is None

@@ -87,10 +87,11 @@ def test_the_length_check_counts_the_token_ids_the_engine_gets(llama_model, llam
     """check_lengths measures token_ids, the engine's input: a prompt that fits only because its
     text were counted without the BOS the engine would add is no longer waved through."""
     from evaluator.checks import check_lengths
+    from evaluator.layout import Layout
     from evaluator.records import RunConfig
     p = render_prompts(_rows(QUESTIONS[:1]), llama_tokenizer)[0]
     n = len(p.token_ids)
-    cfg = RunConfig(engine="vllm", mode="single", gpus=1, dp=1, tp=1, model=str(llama_model), data="-",
+    cfg = RunConfig(engine="vllm", layout=Layout(), model=str(llama_model), data="-",
                     device="cpu", sampling=SamplingConfig(max_tokens=10), max_model_len=n + 10)
     check_lengths([p], cfg)
     with pytest.raises(UsageError, match=f"has {n + 1} tokens"):
@@ -100,10 +101,11 @@ def test_the_length_check_counts_the_token_ids_the_engine_gets(llama_model, llam
 def test_every_gsm8k_request_is_checked_against_our_count(llama_model, llama_tokenizer):
     """The server's usage prompt tokens must equal the prompt's token_ids count for GSM8K traffic
     too (not only for traffic files): a server that saw one token more is counted as a mismatch."""
+    from evaluator.layout import Layout
     from evaluator.records import RunConfig, ServeConfig
     from evaluator.serve import Workload
     prompts = render_prompts(_rows(QUESTIONS), llama_tokenizer)
-    cfg = RunConfig(engine="vllm", mode="single", gpus=1, dp=1, tp=1, model=str(llama_model), data="-",
+    cfg = RunConfig(engine="vllm", layout=Layout(), model=str(llama_model), data="-",
                     device="cpu", sampling=SamplingConfig(max_tokens=4), workload="serve", serve=ServeConfig())
     work = Workload(cfg, prompts)
 

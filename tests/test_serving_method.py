@@ -19,6 +19,7 @@ import tracemalloc
 import pytest
 
 from evaluator.hosts import HostFacts
+from evaluator.layout import Layout
 from evaluator.records import Prompt, RunConfig, SamplingConfig, ServeConfig
 from evaluator.serving.metrics import level_figures, percentile, steady_window, window_results
 from evaluator.serving.records import RequestResult
@@ -46,7 +47,7 @@ def serve_cfg(tiny_model, tmp_path, log, gpus=1, fake: dict | None = None, **ser
     """A serving run of the fake server; fake: the server's behaviour (tokens, ttft_s, ...)."""
     sv = dict(level_kind="concurrency", levels=(1, 4), level_prompts="4x", warmup_requests=3, level_min_s=0.0)
     sv.update(serve)
-    return RunConfig(engine="vllm", mode="dp" if gpus > 1 else "single", gpus=gpus, dp=gpus, tp=1,
+    return RunConfig(engine="vllm", layout=Layout(dp=gpus),
                      model=str(tiny_model), data=str(tmp_path / "d.parquet"), device="cpu",
                      sampling=SamplingConfig(max_tokens=4), workload="serve", serve=ServeConfig(**sv),
                      engine_kwargs={"tokens": 4, "gap_s": 0.002, "ttft_s": 0.005, "log": str(log), **(fake or {})})

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from evaluator.report import sweep as sweep_report
+from evaluator.layout import Layout, resolve
 from evaluator.records import ReplicaTiming, RunConfig, RunSummary, SamplingConfig
 from launchers import sweep
 from launchers.sweep import SweepError
@@ -38,62 +39,104 @@ from tests.conftest import FAST_CPU, LOCK, ROOT, last_json, run_cli, skip_or_fai
 # --- fast unit tests: no daemons ---------------------------------------------------------------
 
 def test_parse_sweep_file():
+    """A line names its layout by axes (an axis left out takes its default), then the flags."""
     text = """# header
-vllm single 1   # one device
+vllm dp=1 tp=1   # one device
 
-sglang dp 2 --limit 8 --engine-kwargs '{"enforce_eager": true}'
-vllm hybrid 4 2 2 --max-tokens 64
+sglang dp=2 --limit 8 --engine-kwargs '{"enforce_eager": true}'
+vllm dp=2 tp=2 --max-tokens 64
+vllm dp=2 dp-backend=router router-policy=round_robin --workload serve
 """
     lines = sweep.parse_sweep(text)
-    assert [(l.task, l.engine, l.mode, l.gpus, l.dp, l.tp) for l in lines] == [
-        (0, "vllm", "single", 1, None, None), (1, "sglang", "dp", 2, None, None), (2, "vllm", "hybrid", 4, 2, 2)]
+    assert [(l.task, l.engine, l.layout) for l in lines] == [
+        (0, "vllm", Layout()), (1, "sglang", Layout(2, 1)), (2, "vllm", Layout(2, 2)),
+        (3, "vllm", Layout(2, 1, dp_backend="router", router_policy="round_robin"))]
     assert lines[1].flags == ("--limit", "8", "--engine-kwargs", '{"enforce_eager": true}')
     assert lines[2].argv() == ["--engine", "vllm", "--mode", "hybrid", "--gpus", "4", "--dp", "2", "--tp", "2",
                                "--max-tokens", "64"]
+    assert lines[3].argv() == ["--engine", "vllm", "--mode", "dp", "--gpus", "2", "--dp-backend", "router",
+                               "--router-policy", "round_robin", "--workload", "serve"]
     # text() is what sweep.txt holds: it parses back to the same runs
+    assert [l.text() for l in lines] == ["vllm dp=1 tp=1", "sglang dp=2 tp=1 --limit 8 --engine-kwargs "
+                                         "'{\"enforce_eager\": true}'", "vllm dp=2 tp=2 --max-tokens 64",
+                                         "vllm dp=2 tp=1 dp-backend=router router-policy=round_robin --workload serve"]
     assert sweep.parse_sweep("\n".join(l.text() for l in lines)) == lines
 
 
+def test_the_older_sweep_format_is_still_read():
+    """Sweep folders written before named axes (`ENGINE MODE GPUS [DP TP] [FLAGS]`, the backend among
+    the flags) re-submit: each line reads as the same layout and the same evaluator arguments."""
+    text = """vllm single 1   # one device
+sglang dp 2 --limit 8 --dp-backend native
+vllm hybrid 4 2 2 --max-tokens 64
+"""
+    lines = sweep.parse_sweep(text)
+    assert [(l.engine, l.layout, l.flags) for l in lines] == [
+        ("vllm", Layout(), ()), ("sglang", Layout(2, 1, dp_backend="native"), ("--limit", "8")),
+        ("vllm", Layout(2, 2), ("--max-tokens", "64"))]
+    assert lines[1].argv() == ["--engine", "sglang", "--mode", "dp", "--gpus", "2", "--dp-backend", "native",
+                               "--limit", "8"]
+    assert [l.text() for l in lines] == ["vllm dp=1 tp=1", "sglang dp=2 tp=1 dp-backend=native --limit 8",
+                                         "vllm dp=2 tp=2 --max-tokens 64"]
+
+
 @pytest.mark.parametrize("line, message", [
+    ("vllm", "expected ENGINE AXIS=N"),
+    ("vllm --limit 4", "expected ENGINE AXIS=N"),
+    ("trt dp=1", "unknown engine 'trt'"),
+    ("vllm ring=2", "'ring=2' is not an axis"),
+    ("vllm dp=two", "dp must be a whole number"),
+    ("vllm dp=0", "dp must be a whole number of at least 1"),
+    ("vllm dp=2 dp=4", "dp is given twice"),
+    ("vllm dp=2 dp-backend=ring", "unknown data-parallel backend 'ring'"),
+    ("vllm dp=2 router-policy=round_robin", "--router-policy is for --dp-backend router"),
+    ("vllm dp=2 --mode dp", "--mode sets the layout, which the line's axes name"),
+    ("vllm dp=2 --dp-backend=native", "--dp-backend sets the layout"),
+    # the older format
     ("vllm single", "expected ENGINE MODE GPUS"),
-    ("trt single 1", "unknown engine 'trt'"),
-    ("vllm pp 2", "unknown mode 'pp'"),
     ("vllm dp two", "GPUS must be a whole number"),
     ("vllm dp 0", "GPUS must be at least 1"),
     ("vllm hybrid 4", "mode hybrid needs DP and TP"),
     ("vllm hybrid 4 2", "DP needs TP"),
     ("vllm dp 2 extra --limit 4", "DP needs TP"),
     ("vllm dp 2 1 2 oops", "neither DP/TP nor a flag"),
+    ("vllm dp 2 --dp-backend ring", "unknown data-parallel backend 'ring'"),
     ("vllm dp 2 --engine-kwargs '{", "No closing quotation"),
 ])
 def test_parse_sweep_refuses_bad_lines(line, message):
     """Every bad line is refused with its line number, before anything is submitted."""
     with pytest.raises(SweepError, match=re.escape(message)) as e:
-        sweep.parse_sweep("vllm single 1\n" + line, "my.txt")
+        sweep.parse_sweep("vllm dp=1\n" + line, "my.txt")
     assert "my.txt line 2" in str(e.value)
 
 
 def test_generate_layouts():
     """single is one device whatever --gpus says (once per engine); hybrid is every split with
-    both factors above 1; the engine's own DP where it has one (SGLang offline); a repeated layout
-    is written once. The list is evaluator.layout.candidates', the one the local comparison runs."""
+    both factors above 1; the engine's own DP where it has one (SGLang offline); serving adds each
+    engine's router at its default policy (or the policies asked for); a repeated layout is written
+    once. The list is evaluator.layout.candidates', the one the local comparison runs."""
     from evaluator.layout import candidates
     lines = sweep.generate(["vllm", "sglang"], ["single", "dp", "tp", "hybrid"], [2, 4, 4], ["--limit", "8"])
     texts = [l.text() for l in lines]
     assert texts == [
-        "vllm single 1 --limit 8", "vllm dp 2 --limit 8", "vllm tp 2 --limit 8",
-        "sglang single 1 --limit 8", "sglang dp 2 --limit 8", "sglang dp 2 --dp-backend native --limit 8",
-        "sglang tp 2 --limit 8",
-        "vllm dp 4 --limit 8", "vllm tp 4 --limit 8", "vllm hybrid 4 2 2 --limit 8",
-        "sglang dp 4 --limit 8", "sglang dp 4 --dp-backend native --limit 8", "sglang tp 4 --limit 8",
-        "sglang hybrid 4 2 2 --limit 8"]
+        "vllm dp=1 tp=1 --limit 8", "vllm dp=2 tp=1 --limit 8", "vllm dp=1 tp=2 --limit 8",
+        "sglang dp=1 tp=1 --limit 8", "sglang dp=2 tp=1 --limit 8", "sglang dp=2 tp=1 dp-backend=native --limit 8",
+        "sglang dp=1 tp=2 --limit 8",
+        "vllm dp=4 tp=1 --limit 8", "vllm dp=1 tp=4 --limit 8", "vllm dp=2 tp=2 --limit 8",
+        "sglang dp=4 tp=1 --limit 8", "sglang dp=4 tp=1 dp-backend=native --limit 8", "sglang dp=1 tp=4 --limit 8",
+        "sglang dp=2 tp=2 --limit 8"]
     assert [l.task for l in lines] == list(range(14))
     assert sweep.parse_sweep(sweep.format_sweep(lines, "comment")) == lines
     local = [c for n in (2, 4) for c in candidates(["vllm", "sglang"], n, "offline")]
-    assert len({(c.engine, c.mode, c.gpus, c.dp, c.tp, c.dp_backend) for c in local}) == len(lines)
+    assert len({(c.engine, c.layout) for c in local}) == len(lines)
     served = sweep.generate(["vllm"], ["dp"], [2], [], workload="serve")
-    assert [l.text() for l in served] == ["vllm dp 2 --workload serve",
-                                          "vllm dp 2 --dp-backend native --workload serve"]
+    assert [l.text() for l in served] == [
+        "vllm dp=2 tp=1 --workload serve", "vllm dp=2 tp=1 dp-backend=native --workload serve",
+        "vllm dp=2 tp=1 dp-backend=router router-policy=cache_aware --workload serve"]
+    routed = sweep.generate(["vllm"], ["dp"], [2], [], workload="serve", native=False,
+                            router_policies={"vllm": ("round_robin", "power_of_two")})
+    assert [l.layout.label for l in routed] == ["2x1", "2x1 router round_robin", "2x1 router power_of_two"]
+    assert sweep.parse_sweep(sweep.format_sweep(routed)) == routed
 
 
 def test_index_ranges():
@@ -131,7 +174,7 @@ def test_cli_dry_run_writes_the_sweep_and_prints_the_commands(tmp_path):
     lines = sweep.read_sweep(sweep_dir)
     assert [l.text() for l in lines] == [
         f"vllm {layout} --model Qwen/Qwen2.5-7B-Instruct --data {data} --limit 8"
-        for layout in ("single 1", "dp 2", "tp 2")]
+        for layout in ("dp=1 tp=1", "dp=2 tp=1", "dp=1 tp=2")]
     out = r.stdout
     assert "--array=0%2" in out and "--gres=gpu:1" in out and "--array=1-2%2" in out and "--gres=gpu:2" in out
     assert "--partition gpu --time 01:00:00" in out and f"--output={sweep_dir}/logs/%A_%a.log" in out
@@ -164,7 +207,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
 
 
 def _summary(run_id: str, mode: str, dp: int, tp: int, generate_s: float) -> dict:
-    cfg = RunConfig(engine="vllm", mode=mode, gpus=dp * tp, dp=dp, tp=tp, model="/m", data="/d.parquet",
+    cfg = RunConfig(engine="vllm", layout=resolve(mode, dp * tp, dp, tp), model="/m", data="/d.parquet",
                     device="cpu", sampling=SamplingConfig(max_tokens=12), limit=6)
     return RunSummary(run_id=run_id, config=cfg, prompts=6, wall_s=10 + generate_s, startup_s=10.0,
                       generate_s=generate_s, output_tokens_per_s=72 / generate_s, prompt_tokens=600,

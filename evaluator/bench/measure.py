@@ -106,7 +106,7 @@ def run_bare(cfg: RunConfig, prompts: list[Prompt], repeat: int, extra_env: dict
     slowest = max((d["generate_s"] for d in done), default=0.0)
     tokens = sum(d["completion_tokens"] for d in done)
     return Measurement(
-        repeat=repeat, kind="bare", layout=cfg.layout, sharding="contiguous",
+        repeat=repeat, kind="bare", layout=cfg.layout.label, sharding="contiguous",
         startup_s=max(r["startup_s"] for r in ready), generate_s=slowest, wall_s=wall_s, completion_tokens=tokens,
         replicas=[{"rank": k, **r, **(done[k] if done else {})} for k, r in enumerate(ready)],
         engine={"completion_tokens": tokens, "span_s": slowest,
@@ -163,7 +163,7 @@ def run_evaluator(cfg: RunConfig, prompts: list[Prompt], repeat: int, runs: Path
     phases = {"dispatch_to_last_chunk_s": m["last_chunk"] - m["generating"],
               "merge_score_store_s": t_end - m["closed"]}
     return Measurement(
-        repeat=repeat, kind="evaluator", layout=cfg.layout, sharding=cfg.sharding,
+        repeat=repeat, kind="evaluator", layout=cfg.layout.label, sharding=cfg.sharding,
         startup_s=summary.startup_s, generate_s=sum(phases.values()), wall_s=t_end - t0,
         completion_tokens=summary.completion_tokens,
         replicas=[{"rank": r.rank, "startup_s": r.startup_s, "generate_s": r.generate_s, "prompts": r.prompts,

