@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from evaluator.records import Completion, SamplingConfig
-from launchers.engines.base import (Capabilities, EngineSpec, RequestRejected, ServerLaunch, StartFacts, cli_flags,
-                                    free_port, python_module)
+from launchers.engines.base import (Capabilities, EngineSettings, EngineSpec, RequestRejected, ServerLaunch,
+                                    StartFacts, cli_flags, free_port, given_settings, log_setting, python_module)
 
 CAPABILITIES = Capabilities(
     workloads=("offline", "serve"),
@@ -40,6 +40,17 @@ CAPABILITIES = Capabilities(
 
 _KV = re.compile(r"max_total_num_tokens=(\d+)")
 _WEIGHTS = re.compile(r"Load weight end\..*?mem usage=([\d.]+) GB")
+_SERVER_ARGS = re.compile(r"server_args=ServerArgs\((.*)")
+_SCHEDULER = re.compile(r"max_total_num_tokens=\d+.*")
+_WEIGHTS_DTYPE = re.compile(r"Load weight end\..*?dtype=torch\.(\w+)")
+_CAPTURE = "Capture cuda graph"        # "Capture cuda graph begin. This can take up to several minutes."
+
+# SGLang's engine kwargs (ServerArgs fields) -> the EngineSettings they set
+SETTING_KWARGS = {"disable_cuda_graph": ("cuda_graphs",), "enable_torch_compile": ("torch_compile",),
+                  "attention_backend": ("attention",), "max_running_requests": ("max_batch",),
+                  "chunked_prefill_size": ("chunked_prefill_tokens",), "disable_radix_cache": ("prefix_caching",),
+                  "quantization": ("quantization",), "dtype": ("dtype",), "kv_cache_dtype": ("kv_cache_dtype",),
+                  "context_length": ("context_tokens",)}
 
 
 def default_mem_fraction(spec: EngineSpec, device_bytes: int) -> float:
@@ -69,12 +80,84 @@ def kv_budget(spec: EngineSpec, model: dict, device_bytes: int, weights_per_devi
 
 def read_log(lines: list[str]) -> StartFacts:
     """KV-cache tokens (max_total_num_tokens, once per scheduler: a native-DP engine has one per
-    rank, summed) and the weights' memory from SGLang's start-up log. SGLang compiles its Triton
-    kernels lazily and says nothing either way: the compile state comes from its cache folder."""
+    rank, summed), the weights' memory and the settings from SGLang's start-up log. SGLang compiles
+    its Triton kernels lazily and says nothing either way: the compile state comes from its cache
+    folder."""
     text = "\n".join(lines)
     kv = [int(m) for m in _KV.findall(text)]
     weights = [float(m) for m in _WEIGHTS.findall(text)]
-    return StartFacts(kv_cache_tokens=sum(kv) if kv else None, weights_gib=max(weights) if weights else None)
+    return StartFacts(kv_cache_tokens=sum(kv) if kv else None, weights_gib=max(weights) if weights else None,
+                      settings=log_settings(text))
+
+
+def log_settings(text: str) -> EngineSettings | None:
+    """What SGLang's log says of its settings: its server_args=ServerArgs(...) line (logged after its
+    own defaults were resolved: the attention backend it picked, the chunk size), the scheduler's
+    "max_total_num_tokens=..., chunked_prefill_size=..., max_running_requests=..., context_len=..."
+    line, the dtype it loaded the weights in and whether it captured CUDA graphs. The offline engine
+    logs at level error: there only what was given is known."""
+    args, scheduler = _SERVER_ARGS.search(text), _SCHEDULER.search(text)
+    loaded = _WEIGHTS_DTYPE.search(text)
+    if not (args or scheduler or loaded):
+        return None
+    found: dict[str, Any] = {}
+    if args:
+        line = args.group(1)
+        no_graphs, compiled = log_setting(line, "disable_cuda_graph", bool), log_setting(line, "enable_torch_compile", bool)
+        radix_off, chunk = log_setting(line, "disable_radix_cache", bool), log_setting(line, "chunked_prefill_size", int)
+        dtype, quantization = log_setting(line, "dtype"), log_setting(line, "quantization")
+        found.update(cuda_graphs=None if no_graphs is None else not no_graphs, torch_compile=compiled,
+                     attention=log_setting(line, "attention_backend"),
+                     max_batch=log_setting(line, "max_running_requests", int),
+                     chunked_prefill_tokens=None if chunk is None else max(chunk, 0),
+                     prefix_caching=None if radix_off is None else not radix_off,
+                     quantization=quantization or ("none" if "quantization=None" in line else None),
+                     dtype=None if dtype == "auto" else dtype, kv_cache_dtype=log_setting(line, "kv_cache_dtype"),
+                     context_tokens=log_setting(line, "context_length", int))
+    if scheduler:
+        line = scheduler.group(0)
+        for name, key in (("max_batch", "max_running_requests"), ("context_tokens", "context_len"),
+                          ("chunked_prefill_tokens", "chunked_prefill_size")):
+            value = log_setting(line, key, int)
+            if value is not None:
+                found[name] = max(value, 0)
+    if loaded:
+        found["dtype"] = loaded.group(1)
+    if _CAPTURE in text:
+        found["cuda_graphs"] = True
+    return EngineSettings(**found)
+
+
+def settings(spec: EngineSpec) -> EngineSettings:
+    """What SGLang will run with before it starts: the kwargs given over its own defaults (CUDA graphs on,
+    no torch.compile, the radix prefix cache on, chunked prefill on); the attention backend, the chunk
+    size and max_running_requests it picks for the device stay unknown until its log says them."""
+    kw = engine_kwargs(spec)
+    chunk = kw.get("chunked_prefill_size")
+    quantization = kw.get("quantization") or ("gguf" if str(spec.model).endswith(".gguf") else "none")
+    given = given_settings({**spec.engine_kwargs, **({"context_length": 1} if spec.max_model_len else {}),
+                            **({"quantization": 1} if str(spec.model).endswith(".gguf") else {})}, SETTING_KWARGS)
+    return EngineSettings(cuda_graphs=spec.device == "cuda" and not kw.get("disable_cuda_graph"),
+                          torch_compile=bool(kw.get("enable_torch_compile")), attention=kw.get("attention_backend"),
+                          max_batch=kw.get("max_running_requests"),
+                          chunked_prefill_tokens=None if chunk is None else max(int(chunk), 0),
+                          prefix_caching=not kw.get("disable_radix_cache"), quantization=quantization,
+                          dtype=kw.get("dtype") if kw.get("dtype") not in (None, "auto") else None,
+                          kv_cache_dtype=kw.get("kv_cache_dtype", "auto"), context_tokens=spec.max_model_len,
+                          given=given)
+
+
+def deterministic_problem(device: str) -> str | None:
+    """--enable-deterministic-inference: SGLang's batch-invariant kernels, on its CUDA builds."""
+    return None if device == "cuda" else f"SGLang runs on cuda here, not {device}"
+
+
+def quantization_problem(method: str, device: str) -> str | None:
+    """SGLang's online FP8 (quantization="fp8" over a bf16 checkpoint) runs on its CUDA builds; it
+    runs no other device here (CAPABILITIES.devices)."""
+    if method != "fp8":
+        return f"SGLang's online quantisation is compared here for fp8 only (not {method!r})"
+    return None if device == "cuda" else f"SGLang runs on cuda here, not {device}"
 
 
 def engine_env(spec: EngineSpec, serving: bool = False) -> dict[str, str]:
