@@ -271,8 +271,9 @@ def test_an_fp8_row_pairs_with_the_model_itself(tmp_path):
     (cost,) = variant_costs(runs)
     assert (cost.kind, cost.run, cost.baseline, cost.speed_ratio, cost.identical_rate) == \
         ("fp8", "vllm-single-fp8", "vllm-single", 1.0, 1.0)
-    assert cost.sentence.startswith("vllm 1x1 fp8 with fp8 (vllm-single-fp8 against vllm-single): 12,556 output tok/s "
-                                    "against 12,556 unquantised (1.00×")
+    assert cost.sentence == ("vllm 1x1 fp8 (vllm-single-fp8 against vllm-single): 12,556 output tok/s against 12,556 "
+                             "unquantised (1.00×: no difference); identical output to the run unquantised on 100.0% of "
+                             "prompts (1319/1319); flexible accuracy 0.263 against 0.263 (McNemar p = 1).")
     assert not [v for v in engines.verdicts(runs) if "fp8" in v.scope and len(set(v.engines)) < 2]
 
 
@@ -297,7 +298,7 @@ def test_the_deterministic_sentence(tmp_path):
     assert c.speed_ratio == pytest.approx(ratio) and c.identical_rate == same / len(a)
     assert c.sentence == (f"vllm 1x1 in deterministic mode (r3-1x1-deterministic against r2-1x1-contiguous): "
                           f"{mine.output_tokens_per_s:,.0f} output tok/s against {base.output_tokens_per_s:,.0f} without "
-                          f"it ({ratio:.2f}×: {abs(1 - ratio) * 100:.0f}% {'slower' if ratio < 1 else 'faster'}); "
+                          f"it ({ratio:.2f}×: {round(abs(1 - ratio) * 100)}% {'slower' if ratio < 1 else 'faster'}); "
                           f"identical output to the run without it on {100 * same / len(a):.1f}% of prompts "
                           f"({same}/{len(a)}); flexible accuracy 0.000 against 0.000 (McNemar p = 1).")
     # the mode is in the engine key: a deterministic run is never ranked against engines without it

@@ -54,11 +54,15 @@ def _variant(run: FoundRun, base: FoundRun, kind: str, cache: dict) -> VariantCo
     mine, theirs, where = _throughput(run, base)
     ratio = mine / theirs if mine and theirs else None
     eq, why = equivalence(base, run, cache)
-    what = "in deterministic mode" if kind == "deterministic" else f"with {kind}"
+    what = " in deterministic mode" if kind == "deterministic" else ""     # a quantised row's label names it
     without = "without it" if kind == "deterministic" else "unquantised"
     label = f"{run.summary.config.engine} {layout_label(run.summary)}"
-    speed = (f"{mine:,.0f} output tok/s{where} against {theirs:,.0f} {without} ({ratio:.2f}×: "
-             f"{abs(1 - ratio) * 100:.0f}% {'slower' if ratio < 1 else 'faster'})" if ratio else "no throughput to compare")
+    if ratio:
+        pct = round(abs(1 - ratio) * 100)
+        change = f"{pct}% {'slower' if ratio < 1 else 'faster'}" if pct else "no difference"
+        speed = f"{mine:,.0f} output tok/s{where} against {theirs:,.0f} {without} ({ratio:.2f}×: {change})"
+    else:
+        speed = "no throughput to compare"
     if eq is None:
         answers = why
     else:
@@ -68,7 +72,7 @@ def _variant(run: FoundRun, base: FoundRun, kind: str, cache: dict) -> VariantCo
     return VariantCost(kind=kind, run=run.summary.run_id, baseline=base.summary.run_id, speed_ratio=ratio,
                        identical_rate=None if eq is None else eq.identical_rate,
                        p_value=None if eq is None else eq.flexible.p_value,
-                       sentence=f"{label} {what} ({run.summary.run_id} against {base.summary.run_id}): {speed}; "
+                       sentence=f"{label}{what} ({run.summary.run_id} against {base.summary.run_id}): {speed}; "
                                 f"{answers}.")
 
 
