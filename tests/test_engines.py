@@ -170,7 +170,7 @@ def test_vllm_reads_its_settings_from_a_real_start_up_log():
     lines = H200_LOG.read_text().splitlines()
     said = vllm.read_log(lines).settings
     assert said == EngineSettings(cuda_graphs=False, torch_compile=False, attention="FLASH_ATTN", max_batch=None,
-                                  chunked_prefill_tokens=8192, prefix_caching=True, quantization="none",
+                                  chunked_prefill=True, chunked_prefill_tokens=8192, prefix_caching=True, quantization="none",
                                   dtype="bfloat16", kv_cache_dtype="auto", context_tokens=2048)
     spec = EngineSpec(model="/tmp/gpu/demo", tp=1, device="cuda", max_model_len=2048,
                       engine_kwargs={"enforce_eager": True})
@@ -196,7 +196,7 @@ def test_vllm_cpu_config_lines_compiled_and_eager():
 def test_sglang_reads_its_settings_from_its_log_lines():
     said = sglang.read_log(SGLANG_LINES).settings
     assert said == EngineSettings(cuda_graphs=True, torch_compile=False, attention="fa3", max_batch=4096,
-                                  chunked_prefill_tokens=8192, prefix_caching=True, quantization="none",
+                                  chunked_prefill=True, chunked_prefill_tokens=8192, prefix_caching=True, quantization="none",
                                   dtype="bfloat16", kv_cache_dtype="auto", context_tokens=2048)
     declared = sglang.settings(EngineSpec(model="/m", tp=1, device="cuda", engine_kwargs={"attention_backend": "triton",
                                                                                          "disable_cuda_graph": True}))
@@ -344,15 +344,17 @@ def test_the_cpu_comparison_ends_with_vllm_against_the_reference_engine(comparis
     # what each engine ran with, recorded by the run: vLLM's chunk size and config line from its own log
     single = RunDir(out / "vllm-single").read_summary().settings
     assert (single["cuda_graphs"], single["torch_compile"], single["attention"], single["dtype"],
-            single["context_tokens"], single["prefix_caching"], single["chunked_prefill_tokens"]) == \
-        (False, False, "CPU_ATTN", "bfloat16", 1024, True, 4096)
+            single["context_tokens"], single["prefix_caching"], single["chunked_prefill"],
+            single["chunked_prefill_tokens"]) == (False, False, "CPU_ATTN", "bfloat16", 1024, True, True, 4096)
     assert {"cuda_graphs", "torch_compile", "context_tokens"} <= set(single["given"])
     assert RunDir(out / "vllm-tp2").read_summary().settings["chunked_prefill_tokens"] == 8192    # 4096 per TP rank
     ref = RunDir(out / "hf-single").read_summary().settings
     assert (ref["attention"], ref["max_batch"], ref["prefix_caching"], ref["dtype"]) == ("sdpa", 16, False, "bfloat16")
-    # a server's settings come from its own log (the OpenAI server's CPU default: 2048 tokens a step)
+    # a server's settings come from its own log, through replicas.json (its config line: eager, chunked prefill
+    # on; the chunk-size line vLLM logs once per process is not in every server's log)
     serve = next(r for r in find_runs(out) if r.summary.run_id == "vllm-single-serve")
-    assert run_settings(serve).chunked_prefill_tokens == 2048 and run_settings(serve).execution == "eager"
+    said = run_settings(serve)
+    assert (said.execution, said.chunked_prefill, said.dtype, said.context_tokens) == ("eager", True, "bfloat16", 1024)
     plan = json.loads((out / "compare.json").read_text())["layouts"]
     assert all((p["settings"] is None) == (p["config"] is None) for p in plan)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 SAME = ("execution", "dtype", "kv_cache_dtype", "context_tokens", "prefix_caching", "chunked_prefill")
 TUNED = ("attention", "max_batch", "chunked_prefill_tokens")
 # the EngineSettings.given names behind each compared setting
-GIVEN = {"execution": ("cuda_graphs", "torch_compile"), "chunked_prefill": ("chunked_prefill_tokens",)}
+GIVEN = {"execution": ("cuda_graphs", "torch_compile")}
 ATTENTION_FAMILIES = {"flash_attn": "flash-attention", "fa3": "flash-attention", "fa4": "flash-attention",
                       "flash_attention": "flash-attention", "flashinfer": "flashinfer", "triton": "triton",
                       "triton_attn": "triton", "flex_attention": "flex", "sdpa": "torch sdpa",
@@ -35,8 +35,8 @@ class Difference:
 def _value(settings, name: str):
     if name == "execution":
         return settings.execution
-    if name == "chunked_prefill":
-        return None if settings.chunked_prefill_tokens is None else settings.chunked_prefill_tokens > 0
+    if name == "chunked_prefill_tokens":        # a size only means something where prefills are chunked
+        return settings.chunked_prefill_tokens if settings.chunked_prefill is not False else None
     if name == "kv_cache_dtype":
         return settings.dtype if settings.kv_cache_dtype in (None, "auto") else settings.kv_cache_dtype
     if name == "attention":
@@ -89,11 +89,13 @@ def describe_settings(s) -> str:
     def default(value, text: str, name: str) -> str:
         return text if value is not None else f"{name}: engine default"
     chunk = s.chunked_prefill_tokens
+    chunked = (f"chunked prefill of {chunk:,} tokens" if chunk else "chunked prefill") if s.chunked_prefill \
+        else "no chunked prefill"
     parts = [s.execution or "eager or graphs: engine default", s.dtype or "the checkpoint's dtype",
              *([f"KV cache in {s.kv_cache_dtype}"] if s.kv_cache_dtype not in (None, "auto") else []),
              f"context {s.context_tokens:,}" if s.context_tokens else "the model's context",
              default(s.prefix_caching, f"prefix caching {'on' if s.prefix_caching else 'off'}", "prefix caching"),
-             default(chunk, f"chunked prefill of {chunk:,} tokens" if chunk else "no chunked prefill", "chunked prefill"),
+             default(s.chunked_prefill, chunked, "chunked prefill"),
              default(s.attention, f"attention {s.attention}", "attention"),
              default(s.max_batch, f"up to {s.max_batch} sequences at once", "max batch"),
              "no quantisation" if s.quantization in (None, "none") else f"{s.quantization} quantisation"]
@@ -113,8 +115,6 @@ def compare_settings(engine_a: str, a, engine_b: str, b) -> tuple[Difference, ..
             continue
         if va is None or vb is None or va == vb:
             continue
-        if name == "chunked_prefill_tokens" and not (a.chunked_prefill_tokens and b.chunked_prefill_tokens):
-            continue                    # on against off is "chunked_prefill"'s business
         text = f"{_describe(name, engine_a, a, True)}, {_describe(name, engine_b, b, False)}"
         if _is_fixed(engine_a, name) or _is_fixed(engine_b, name):
             blocking = False            # the engine has no other way to run: its nature, not a setting

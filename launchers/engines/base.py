@@ -219,7 +219,8 @@ class EngineSettings:
     torch_compile: bool | None = None         # the model compiled by torch.compile (vLLM's default, CPU too)
     attention: str | None = None              # the attention backend, in the engine's own name (FLASH_ATTN, fa3, triton, sdpa)
     max_batch: int | None = None              # most sequences at once (max_num_seqs, max_running_requests, batch_size)
-    chunked_prefill_tokens: int | None = None    # tokens per prefill chunk; 0 = prefills are not chunked
+    chunked_prefill: bool | None = None       # long prompts prefilled in chunks, beside running decodes
+    chunked_prefill_tokens: int | None = None    # tokens per prefill step (the chunk), where the engine says
     prefix_caching: bool | None = None        # prompts' shared prefixes reuse cached KV (vLLM prefix cache, SGLang radix)
     quantization: str | None = None           # "none" (weights as stored), "fp8" (online), "gguf", ...
     dtype: str | None = None                  # what the weights and activations run in: bfloat16, float16, float32
@@ -227,7 +228,8 @@ class EngineSettings:
     context_tokens: int | None = None         # the engine's context length
     given: tuple[str, ...] = ()               # the settings above the run set itself (not the engine's defaults)
 
-    NAMES = ("cuda_graphs", "torch_compile", "attention", "max_batch", "chunked_prefill_tokens", "prefix_caching",
+    NAMES = ("cuda_graphs", "torch_compile", "attention", "max_batch", "chunked_prefill", "chunked_prefill_tokens",
+             "prefix_caching",
              "quantization", "dtype", "kv_cache_dtype", "context_tokens")
 
     @property

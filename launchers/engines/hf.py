@@ -26,7 +26,8 @@ from launchers.engines.base import Capabilities, EngineSettings, EngineSpec, Req
 NATIVE_DP: tuple[str, ...] = ()
 # what it is rather than a setting: model.generate runs eager with transformers' default attention (sdpa),
 # static batches, no chunked prefill and no prefix cache, the KV cache in the model's dtype
-FIXED = ("cuda_graphs", "torch_compile", "attention", "chunked_prefill_tokens", "prefix_caching", "kv_cache_dtype")
+FIXED = ("cuda_graphs", "torch_compile", "attention", "chunked_prefill", "chunked_prefill_tokens", "prefix_caching",
+         "kv_cache_dtype")
 CAPABILITIES = Capabilities(workloads=("offline",), native_dp=(), tensor_parallel=False, devices=("cuda", "cpu"),
                             reference=True, fixed_settings=FIXED)
 
@@ -63,7 +64,7 @@ def settings(spec: EngineSpec) -> EngineSettings:
         dtype = dtype or ("bfloat16" if spec.device == "cuda" else "float32")
     given = tuple(n for k, n in (("batch_size", "max_batch"), ("dtype", "dtype")) if k in spec.engine_kwargs)
     return EngineSettings(cuda_graphs=False, torch_compile=False, attention="sdpa", max_batch=options.get("batch_size"),
-                          chunked_prefill_tokens=0, prefix_caching=False, quantization="none", dtype=dtype,
+                          chunked_prefill=False, prefix_caching=False, quantization="none", dtype=dtype,
                           kv_cache_dtype="auto", context_tokens=spec.max_model_len,
                           given=given + (("context_tokens",) if spec.max_model_len else ()))
 

@@ -48,7 +48,8 @@ _CAPTURE = "Capture cuda graph"        # "Capture cuda graph begin. This can tak
 # SGLang's engine kwargs (ServerArgs fields) -> the EngineSettings they set
 SETTING_KWARGS = {"disable_cuda_graph": ("cuda_graphs",), "enable_torch_compile": ("torch_compile",),
                   "attention_backend": ("attention",), "max_running_requests": ("max_batch",),
-                  "chunked_prefill_size": ("chunked_prefill_tokens",), "disable_radix_cache": ("prefix_caching",),
+                  "chunked_prefill_size": ("chunked_prefill", "chunked_prefill_tokens"),
+                  "disable_radix_cache": ("prefix_caching",),
                   "quantization": ("quantization",), "dtype": ("dtype",), "kv_cache_dtype": ("kv_cache_dtype",),
                   "context_length": ("context_tokens",)}
 
@@ -109,18 +110,21 @@ def log_settings(text: str) -> EngineSettings | None:
         found.update(cuda_graphs=None if no_graphs is None else not no_graphs, torch_compile=compiled,
                      attention=log_setting(line, "attention_backend"),
                      max_batch=log_setting(line, "max_running_requests", int),
-                     chunked_prefill_tokens=None if chunk is None else max(chunk, 0),
+                     chunked_prefill=None if chunk is None else chunk > 0,
+                     chunked_prefill_tokens=chunk if chunk and chunk > 0 else None,
                      prefix_caching=None if radix_off is None else not radix_off,
                      quantization=quantization or ("none" if "quantization=None" in line else None),
                      dtype=None if dtype == "auto" else dtype, kv_cache_dtype=log_setting(line, "kv_cache_dtype"),
                      context_tokens=log_setting(line, "context_length", int))
     if scheduler:
         line = scheduler.group(0)
-        for name, key in (("max_batch", "max_running_requests"), ("context_tokens", "context_len"),
-                          ("chunked_prefill_tokens", "chunked_prefill_size")):
+        for name, key in (("max_batch", "max_running_requests"), ("context_tokens", "context_len")):
             value = log_setting(line, key, int)
             if value is not None:
-                found[name] = max(value, 0)
+                found[name] = value
+        chunk = log_setting(line, "chunked_prefill_size", int)
+        if chunk is not None:           # -1: SGLang's "off"
+            found.update(chunked_prefill=chunk > 0, chunked_prefill_tokens=chunk if chunk > 0 else None)
     if loaded:
         found["dtype"] = loaded.group(1)
     if _CAPTURE in text:
@@ -140,7 +144,8 @@ def settings(spec: EngineSpec) -> EngineSettings:
     return EngineSettings(cuda_graphs=spec.device == "cuda" and not kw.get("disable_cuda_graph"),
                           torch_compile=bool(kw.get("enable_torch_compile")), attention=kw.get("attention_backend"),
                           max_batch=kw.get("max_running_requests"),
-                          chunked_prefill_tokens=None if chunk is None else max(int(chunk), 0),
+                          chunked_prefill=chunk is None or int(chunk) > 0,
+                          chunked_prefill_tokens=int(chunk) if chunk is not None and int(chunk) > 0 else None,
                           prefix_caching=not kw.get("disable_radix_cache"), quantization=quantization,
                           dtype=kw.get("dtype") if kw.get("dtype") not in (None, "auto") else None,
                           kv_cache_dtype=kw.get("kv_cache_dtype", "auto"), context_tokens=spec.max_model_len,

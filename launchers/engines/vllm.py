@@ -52,7 +52,7 @@ _CHUNK = re.compile(r"Chunked prefill is enabled with max_num_batched_tokens=(\d
 # vLLM's engine kwargs -> the EngineSettings they set
 SETTING_KWARGS = {"enforce_eager": ("cuda_graphs", "torch_compile"), "compilation_config": ("cuda_graphs", "torch_compile"),
                   "attention_backend": ("attention",), "max_num_seqs": ("max_batch",),
-                  "enable_chunked_prefill": ("chunked_prefill_tokens",), "max_num_batched_tokens": ("chunked_prefill_tokens",),
+                  "enable_chunked_prefill": ("chunked_prefill",), "max_num_batched_tokens": ("chunked_prefill_tokens",),
                   "enable_prefix_caching": ("prefix_caching",), "quantization": ("quantization",), "dtype": ("dtype",),
                   "kv_cache_dtype": ("kv_cache_dtype",), "max_model_len": ("context_tokens",)}
 
@@ -149,10 +149,9 @@ def log_settings(text: str) -> EngineSettings | None:
         found.update(dtype=log_setting(line, "dtype"), context_tokens=log_setting(line, "max_seq_len", int),
                      quantization=quantization or ("none" if "quantization=None" in line else None),
                      kv_cache_dtype=log_setting(line, "kv_cache_dtype"),
-                     prefix_caching=log_setting(line, "enable_prefix_caching", bool),
-                     chunked_prefill_tokens=0 if chunked is False else None)
-    if chunk:
-        found["chunked_prefill_tokens"] = int(chunk.group(1))
+                     prefix_caching=log_setting(line, "enable_prefix_caching", bool), chunked_prefill=chunked)
+    if chunk:       # logged once per process, and not by every server start: the size where it is said
+        found.update(chunked_prefill=True, chunked_prefill_tokens=int(chunk.group(1)))
     if attention:
         found["attention"] = attention.group(1) or attention.group(2)
     return EngineSettings(**found)
@@ -174,8 +173,8 @@ def settings(spec: EngineSpec) -> EngineSettings:
                             **({"quantization": 1} if str(spec.model).endswith(".gguf") else {})}, SETTING_KWARGS)
     return EngineSettings(cuda_graphs=graphs, torch_compile=compiled,
                           attention=kw.get("attention_backend") or ("CPU_ATTN" if spec.device == "cpu" else None),
-                          max_batch=kw.get("max_num_seqs"),
-                          chunked_prefill_tokens=0 if chunked is False else kw.get("max_num_batched_tokens"),
+                          max_batch=kw.get("max_num_seqs"), chunked_prefill=chunked is not False,
+                          chunked_prefill_tokens=kw.get("max_num_batched_tokens"),
                           prefix_caching=bool(kw.get("enable_prefix_caching", True)), quantization=quantization,
                           dtype=kw.get("dtype") if kw.get("dtype") not in (None, "auto") else None,
                           kv_cache_dtype=kw.get("kv_cache_dtype", "auto"), context_tokens=spec.max_model_len,
