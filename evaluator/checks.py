@@ -18,8 +18,8 @@ from evaluator.memory import check_fits
 from evaluator.modelinfo import context_length, model_config, weight_bytes
 from evaluator.records import Prompt, RunConfig
 from evaluator.sharding import SHARDING_MODES
-from launchers.engines.base import (EngineNotAvailable, cannot, check_installed, layout_kwarg_problem, layout_problem,
-                                    loads_problem)
+from launchers.engines.base import (EngineNotAvailable, cannot, check_installed, deterministic_problem,
+                                    layout_kwarg_problem, layout_problem, loads_problem, quantization_problem)
 
 
 def _at_least(name: str, value, minimum=1) -> None:
@@ -128,6 +128,11 @@ def check_config(cfg: RunConfig) -> None:
     if why:
         raise UsageError(why)
     check_sampling(cfg)
+    why = deterministic_problem(cfg.engine, cfg.device) if cfg.deterministic else None
+    why = why or (quantization_problem(cfg.engine, cfg.engine_kwargs["quantization"], cfg.device)
+                  if cfg.engine_kwargs.get("quantization") and not Path(cfg.model).is_file() else None)
+    if why:
+        raise UsageError(why)
     if cfg.workload == "serve":
         check_serve(cfg)
     elif cfg.workload != "offline":

@@ -17,6 +17,12 @@ configuration before the timed layouts, so every timed start found its compile c
 times compare like with like (--no-warmup turns it off; the report then ranks cold and warm starts
 apart).
 
+Several engines run with their own defaults (nothing is forced, graphs stay on); the plan records what
+each layout will run with in neutral names (EngineSettings) and says before any engine starts where
+two engines would not run like for like (the report then does not rank them). --quantized fp8 adds a
+single-device row per engine with the engine's online FP8, paired with the model itself; an engine or
+device without it (vLLM-CPU, the hf engine) is listed as skipped with the reason.
+
     python -m evaluator.compare --engines vllm --gpus 2 --model models/qwen2.5-coder-0.5b-instruct \
         --data data/gsm8k_test.parquet -- --limit 64 --max-tokens 256
 """
@@ -42,6 +48,7 @@ from launchers.engines.base import ENGINES
 
 PLAN = "compare.json"
 PLAN_VERSION = 2
+ONLINE_QUANTIZATION = ("fp8",)        # --quantized names the engines quantise to themselves (no checkpoint file)
 WARMUPS = ".warmup"                   # a hidden folder: reports over OUT do not list warm-up runs
 REPORT_FLAGS = {"gpu_hour_price", "resume"}    # may come with --resume: they change the report, not the runs
 
@@ -53,15 +60,16 @@ class Planned:
     run_id: str
     config: RunConfig | None          # None when skipped
     skipped: str | None = None        # why it cannot run here
+    settings: dict | None = None      # what its engine will run with, as known before it starts (EngineSettings)
 
     def to_dict(self) -> dict:
         return {"label": self.label, "workload": self.workload, "run_id": self.run_id, "skipped": self.skipped,
-                "config": self.config.to_dict() if self.config else None}
+                "config": self.config.to_dict() if self.config else None, "settings": self.settings}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Planned":
         return cls(d["label"], d["workload"], d["run_id"], RunConfig.from_dict(d["config"]) if d["config"] else None,
-                   d["skipped"])
+                   d["skipped"], d.get("settings"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,10 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "--gpu-hour-price may be given with it)")
     p.add_argument("--gpu-hour-price", type=float, metavar="PRICE",
                    help="price of one GPU-hour: GPU-hours, cost and cost per million output tokens per layout")
-    p.add_argument("--quantized", metavar="FILE[,FILE]",
-                   help="quantised checkpoints of --model (GGUF files) to run as single-device rows of every engine "
-                        "that loads them: speed, memory and answers against the model itself (McNemar); an engine "
-                        "that cannot load one is listed as skipped with the reason")
+    p.add_argument("--quantized", metavar="FILE|fp8[,...]",
+                   help="quantised versions of --model to run as single-device rows of every engine that can: GGUF "
+                        "checkpoint files, or fp8 (the engine quantises the weights itself as it loads them: "
+                        "quantization='fp8' in vLLM and SGLang); speed, memory and answers against the model itself "
+                        "(McNemar); an engine or device that cannot (vLLM-CPU has no FP8 kernels) is listed as "
+                        "skipped with the reason")
     p.add_argument("--engine-kwargs-for", action="append", default=[], metavar="ENGINE=JSON",
                    help="engine arguments for one engine's layouts, in its own names, instead of the --engine-kwargs "
                         "after -- (repeatable), e.g. sglang='{\"attention_backend\": \"triton\"}' hf='{}'")
@@ -128,9 +138,17 @@ def evaluator_args(passthrough: list[str]) -> argparse.Namespace:
 def layout_config(base: argparse.Namespace, c: Candidate, workload: str, model: str, data: str, out: Path,
                   run_id: str, quantized: str | None = None) -> RunConfig:
     """One layout's RunConfig from the comparison's evaluator flags, checked (UsageError: skipped);
-    with quantized, the single-device row of that checkpoint of the model."""
+    with quantized, the single-device row of that checkpoint of the model, or of the model quantised
+    online by the engine (ONLINE_QUANTIZATION: quantization=fp8 added to its engine kwargs)."""
     from evaluator.cli import config_from_args, for_workload
-    extra = {"model": quantized, "tokenizer": model, "base_model": model} if quantized else {"model": model}
+    if quantized in ONLINE_QUANTIZATION:
+        kwargs = {**json.loads(base.engine_kwargs or "{}"), "quantization": quantized}
+        base = argparse.Namespace(**{**vars(base), "engine_kwargs": json.dumps(kwargs)})
+        extra = {"model": model, "base_model": model}
+    elif quantized:
+        extra = {"model": quantized, "tokenizer": model, "base_model": model}
+    else:
+        extra = {"model": model}
     lay = c.layout
     args = for_workload(base, workload, engine=c.engine, mode=lay.mode, gpus=lay.devices,
                         dp=lay.dp if lay.mode == "hybrid" else None, tp=lay.tp if lay.mode == "hybrid" else None,
@@ -175,11 +193,15 @@ def plan(engines: list[str], gpus: int, modes: tuple[str, ...], native: bool, wo
     out_list = []
 
     def add(label: str, workload: str, run_id: str, c: Candidate, quantized: str | None = None) -> None:
+        from launchers.engines.base import deterministic_problem, quantization_problem
         try:
             cfg = layout_config(base_for(c.engine), c, workload, model, data, out, run_id, quantized)
-            out_list.append(Planned(label, workload, run_id, cfg))
         except UsageError as e:
             out_list.append(Planned(label, workload, run_id, None, str(e)))
+            return
+        why = quantization_problem(c.engine, quantized, cfg.device) if quantized in ONLINE_QUANTIZATION else None
+        why = why or (deterministic_problem(c.engine, cfg.device) if cfg.deterministic else None)
+        out_list.append(Planned(label, workload, run_id, None if why else cfg, why, None if why else planned_settings(cfg)))
     if "serve" in workloads:
         check_serving_flags(base_for(engines[0]), model, data, out)
     for workload in workloads:
@@ -187,6 +209,11 @@ def plan(engines: list[str], gpus: int, modes: tuple[str, ...], native: bool, wo
         for c in candidates(engines, gpus, workload, modes, native, router_policies):
             add(c.label + serve, workload, c.name + serve.replace(" ", "-"), c)
         for q in quantized:
+            if q in ONLINE_QUANTIZATION:
+                for engine in engines:
+                    c = Candidate(engine, Layout())
+                    add(f"{c.label} {q}{serve}", workload, f"{c.name}-{q}{serve.replace(' ', '-')}", c, q)
+                continue
             name = Path(q).name
             for engine in engines:
                 c = Candidate(engine, Layout())
@@ -221,6 +248,40 @@ def check_serving_flags(base: argparse.Namespace, model: str, data: str, out: Pa
         check_serving_plan(probe, prompts, traffic)
     except (TrafficError, DataError) as e:
         raise UsageError(str(e)) from None
+
+
+def planned_settings(cfg: RunConfig) -> dict:
+    """What the layout's engine will run with, as far as it is known before it starts (the kwargs
+    given over the engine's own defaults; the run records what its engine's log then says)."""
+    from evaluator.pool import engine_spec
+    from launchers.engines.base import settings
+    return settings(cfg.engine, engine_spec(cfg)).to_dict()
+
+
+def settings_lines(layouts: list[Planned]) -> list[str]:
+    """Before any engine starts: what each engine will run with, and, for each pair of engines, whether
+    they run like for like (else the report will not rank them, and why)."""
+    from evaluator.report.likeforlike import compare_settings, describe_settings
+    from launchers.engines.base import EngineSettings
+    first: dict[str, Planned] = {}
+    for p in layouts:
+        c = p.config
+        if c is not None and p.settings is not None and not c.base_model and c.engine not in first:
+            first[c.engine] = p
+    out = [f"settings of {e}: {describe_settings(EngineSettings.from_dict(p.settings))}" for e, p in first.items()]
+    engines = list(first)
+    for i, ea in enumerate(engines):
+        for eb in engines[i + 1:]:
+            diffs = compare_settings(ea, EngineSettings.from_dict(first[ea].settings), eb,
+                                     EngineSettings.from_dict(first[eb].settings))
+            blocking = [d.text for d in diffs if d.blocking]
+            if blocking:
+                out.append(f"{ea} and {eb} will not run like for like: {'; '.join(blocking)}; the report will not "
+                           f"rank them (give both the same settings, e.g. each engine's own defaults)")
+            else:
+                notes = [d.text for d in diffs]
+                out.append(f"{ea} and {eb} run like for like" + (f" ({'; '.join(notes)})" if notes else ""))
+    return out
 
 
 # --- warm-up starts ---------------------------------------------------------------------------
@@ -364,8 +425,9 @@ def plan_from(args: argparse.Namespace, passthrough: list[str], out: Path) -> li
     workloads = ["offline", "serve"] if args.workload == "both" else [args.workload]
     quantized = [q.strip() for q in (args.quantized or "").split(",") if q.strip()]
     for q in quantized:
-        if not Path(q).is_file():
-            raise UsageError(f"--quantized {q}: no such file")
+        if q not in ONLINE_QUANTIZATION and not Path(q).is_file():
+            raise UsageError(f"--quantized {q}: no such file (and not one of the engines' online quantisations: "
+                             f"{', '.join(ONLINE_QUANTIZATION)})")
     return plan(engines, args.gpus, modes, not args.no_native, workloads, args.model, str(Path(args.data).resolve()),
                 out.resolve(), passthrough, quantized, engine_kwargs_for(args.engine_kwargs_for, engines),
                 router_policies(args, engines))
@@ -413,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     for p in layouts:
         console.print(f"{'run ' if p.skipped is None else 'skip'} {p.label}" + (f": {p.skipped}" if p.skipped else ""),
                       highlight=False, markup=False)
+    for line in settings_lines(layouts):
+        console.print(line, highlight=False, markup=False)
     if args.dry_run:
         print_prediction(layouts, console)
         return 0

@@ -169,7 +169,8 @@ class OfflineDriver:
                 idle_after_finish_s=(last_end - win["last_end"]) if win.get("last_end") else 0.0,
                 chunks=w.chunks, failed=m.failed, compile=m.info.get("compile", "unknown"),
                 kv_cache_tokens=m.info.get("kv_cache_tokens"), max_concurrency=m.info.get("max_concurrency"),
-                weights_gib=m.info.get("weights_gib"), peak_memory_gib=(memory or {}).get(m.rank)))
+                weights_gib=m.info.get("weights_gib"), peak_memory_gib=(memory or {}).get(m.rank),
+                settings=m.info.get("settings")))
         return out
 
 

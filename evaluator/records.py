@@ -255,6 +255,8 @@ class ReplicaTiming:
     weights_gib: float | None = None         # per device, as the engine reported loading them
     peak_memory_gib: float | None = None     # the replica's processes at their peak: device memory (NVML) on
     #                                          GPUs, resident memory on CPU hosts
+    settings: dict | None = None             # what its engine ran with, in neutral names (EngineSettings.to_dict:
+    #                                          kwargs given, over the engine's defaults, over its log); None: not recorded
 
 
 @dataclass(frozen=True)
@@ -313,6 +315,11 @@ class RunSummary:
     @property
     def resumed(self) -> bool:
         return self.resumed_prompts > 0
+
+    @property
+    def settings(self) -> dict | None:
+        """What the engine ran with (ReplicaTiming.settings of the first replica that recorded it)."""
+        return next((r.settings for r in self.replicas if r.settings), None)
 
     @property
     def compile(self) -> str:

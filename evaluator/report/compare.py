@@ -267,3 +267,6 @@ def compare(runs: list[FoundRun], console: Console, chosen: FoundRun | None = No
             print_timing(group, chosen, console)
         if show_flips:
             print_flips(pairs, console)
+    from evaluator.report.engines import sentences as engine_sentences
+    for line in engine_sentences(runs):          # across engines: the one to run, or why they cannot be ranked
+        console.print(line, markup=False, highlight=False)

@@ -88,6 +88,9 @@ def write_report(folder: Path, found: list[FoundRun], skipped: list[tuple[str, s
     if skipped:
         lines += ["## Skipped or failed", "", *[f"- {label}: {why}" for label, why in skipped], ""]
     lines += _equivalence_md(found) + _timing_md(found, list(warmups))
+    from evaluator.report.engines import sentences as engine_sentences
+    across = engine_sentences(found)
+    lines += ["## Which engine (like for like)", "", *across, ""] if across else []
     served = serving_runs(found)
     if served:
         lines += ["## Serving", "", *sentences(served, price_per_gpu_hour), "", *levels_md(found, price_per_gpu_hour)]

@@ -18,8 +18,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluator.records import RecordError, RunSummary
-from evaluator.store import CONFIG, SUMMARY
+from evaluator.records import RecordError, RunConfig, RunSummary
+from evaluator.store import CONFIG, REPLICAS, SUMMARY
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,46 @@ def speed_key(run: FoundRun | RunSummary) -> tuple:
             c.deterministic, env, tuple(sorted(s.engine_env.items())))
 
 
+def run_settings(run: FoundRun):
+    """What the run's engine ran with (launchers.engines.base.EngineSettings): as its summary recorded it,
+    else as its replicas.json did (a run whose driver did not copy them into the summary), else as its
+    config and the engine's own defaults say (a run from before settings were recorded)."""
+    from launchers.engines.base import ENGINES, EngineSettings, settings
+    recorded = run.summary.settings
+    if recorded is None:
+        try:
+            replicas = json.loads((run.path / REPLICAS).read_text()).get("replicas", [])
+            recorded = next((r["settings"] for r in replicas if r.get("settings")), None)
+        except (OSError, json.JSONDecodeError, AttributeError):
+            recorded = None
+    if recorded is not None:
+        return EngineSettings.from_dict(recorded)
+    c = run.summary.config
+    if c.engine not in ENGINES:
+        return EngineSettings()
+    from evaluator.pool import engine_spec
+    return settings(c.engine, engine_spec(c))
+
+
+def quantization(c: RunConfig) -> str:
+    """"fp8" (the engine's online quantisation), "gguf" (a quantised checkpoint file), "" (as stored)."""
+    q = c.engine_kwargs.get("quantization")
+    return str(q) if q else "gguf" if str(c.model).endswith(".gguf") else ""
+
+
+def engine_key(run: FoundRun) -> tuple:
+    """Runs with the same key may be set side by side for an engine verdict: everything of the speed
+    key except the engine and its own settings (which evaluator.report.engines compares in neutral
+    names) and the layout (a verdict names the engine and layout to run): model and data by
+    fingerprint, prompts, sampling, device and its name, device count, context length, workload,
+    traffic, levels and SLOs, deterministic mode, quantisation."""
+    s, c = run.summary, run.summary.config
+    prompts = s.prompts if c.workload == "offline" else None
+    return (_data_id(run), c.model, c.tokenizer, prompts, c.sampling, c.device, s.device_name, c.dp * c.tp,
+            c.cpu_cores_per_device, c.cpu_memory_fraction, c.max_model_len, c.workload, c.serve, c.deterministic,
+            quantization(c))
+
+
 def start_state(run: FoundRun | RunSummary) -> str:
     """cold / warm / none / unknown: start-ups of different states are never ranked together."""
     return _summary(run).compile
@@ -133,9 +173,10 @@ def baseline_for(run: FoundRun, runs: list[FoundRun]) -> FoundRun | None:
     checkpoint (base_model), its base model's single-device run of the same engine and workload."""
     c = run.summary.config
     if c.base_model:
+        # an online-quantised row (--quantized fp8) has the model itself as its base: not its own baseline
         bases = [r for r in runs if r.summary.config.model == c.base_model and r.summary.config.engine == c.engine
                  and r.summary.config.workload == c.workload and r.summary.config.layout.devices == 1
-                 and not r.summary.resumed and answer_key(r) == answer_key(run)]
+                 and not r.summary.resumed and not r.summary.config.base_model and answer_key(r) == answer_key(run)]
         return bases[-1] if bases else None
     singles = [r for r in runs if r.summary.config.layout.devices == 1 and not r.summary.resumed
                and speed_key(r) == speed_key(run)]
@@ -147,8 +188,8 @@ def layout_label(run: RunSummary) -> str:
     tells two runs of one layout apart: the quantised checkpoint, the sharding."""
     c = run.config
     label = c.layout.label
-    if c.base_model:
-        label += f" {Path(c.model).name}"
+    if c.base_model or c.engine_kwargs.get("quantization"):
+        label += f" {c.engine_kwargs.get('quantization') or Path(c.model).name}"
     if c.sharding != "contiguous":
         label += f" {c.sharding}"
     return label

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 import socket
 import sys
 import dataclasses
@@ -129,6 +130,9 @@ class Capabilities:
     # prefix_queries, prefix_hits, prefix_hit_rate, ttft_sum, ttft_count, kv_tokens; docs/metrics.md)
     metrics: dict[str, ServerMetric] = field(default_factory=dict)
     reference: bool = False                   # slow but trusted: the other engines' answers are set against it
+    # EngineSettings the backend cannot change (its nature, not a choice: the hf engine runs eager, without
+    # chunked prefill or a prefix cache): a difference in them is said, not held against a ranking
+    fixed_settings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -279,6 +283,89 @@ def cache_dirs(name: str, spec: EngineSpec) -> list[Path]:
 
 
 @dataclass(frozen=True)
+class EngineSettings:
+    """The settings that change an engine's speed without being the engine itself, in neutral names,
+    as the engine ran them: the engine kwargs given, over the engine's own defaults, over what its
+    start-up log said (vLLM's config dump, SGLang's server_args). None where nobody said. `given`
+    names the settings the run set itself (engine kwargs, --max-model-len, a quantised checkpoint);
+    the others are the engine's own defaults. Engines are ranked against each other only where these
+    agree (evaluator.report.engines)."""
+    cuda_graphs: bool | None = None           # decode steps replayed from captured CUDA graphs
+    torch_compile: bool | None = None         # the model compiled by torch.compile (vLLM's default, CPU too)
+    attention: str | None = None              # the attention backend, in the engine's own name (FLASH_ATTN, fa3, triton, sdpa)
+    max_batch: int | None = None              # most sequences at once (max_num_seqs, max_running_requests, batch_size)
+    chunked_prefill: bool | None = None       # long prompts prefilled in chunks, beside running decodes
+    chunked_prefill_tokens: int | None = None    # tokens per prefill step (the chunk), where the engine says
+    prefix_caching: bool | None = None        # prompts' shared prefixes reuse cached KV (vLLM prefix cache, SGLang radix)
+    quantization: str | None = None           # "none" (weights as stored), "fp8" (online), "gguf", ...
+    dtype: str | None = None                  # what the weights and activations run in: bfloat16, float16, float32
+    kv_cache_dtype: str | None = None         # "auto" = dtype
+    context_tokens: int | None = None         # the engine's context length
+    given: tuple[str, ...] = ()               # the settings above the run set itself (not the engine's defaults)
+
+    NAMES = ("cuda_graphs", "torch_compile", "attention", "max_batch", "chunked_prefill", "chunked_prefill_tokens",
+             "prefix_caching",
+             "quantization", "dtype", "kv_cache_dtype", "context_tokens")
+
+    @property
+    def execution(self) -> str | None:
+        """eager, compiled (torch.compile without CUDA graphs) or CUDA graphs (with or without torch.compile):
+        what "graphs on" means across engines (vLLM compiles and captures, SGLang captures)."""
+        if self.cuda_graphs is None and self.torch_compile is None:
+            return None
+        if self.cuda_graphs:
+            return "CUDA graphs"
+        return "compiled" if self.torch_compile else "eager" if self.torch_compile is False else None
+
+    def over(self, other: "EngineSettings | None") -> "EngineSettings":
+        """These settings where known, the other's where not (what the log said over what was declared)."""
+        if other is None:
+            return self
+        values = {n: getattr(self, n) if getattr(self, n) is not None else getattr(other, n) for n in self.NAMES}
+        return EngineSettings(**values, given=tuple(dict.fromkeys(self.given + other.given)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{n: getattr(self, n) for n in self.NAMES}, "given": list(self.given)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "EngineSettings":
+        """Read back from a record; settings a newer version recorded are left out (not compared)."""
+        d = d or {}
+        return cls(**{n: d.get(n) for n in cls.NAMES}, given=tuple(d.get("given") or ()))
+
+
+def given_settings(kwargs: dict[str, Any], names: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """The EngineSettings names the given engine kwargs set (names: kwarg -> the settings it sets)."""
+    return tuple(dict.fromkeys(n for k in kwargs for n in names.get(k, ())))
+
+
+def _log_value(text: str, key: str) -> str | None:
+    """key=VALUE from a Python-repr'd config dump (vLLM's config line, SGLang's ServerArgs(...)): a quoted
+    string, a number, True/False/None or a dotted name (torch.bfloat16)."""
+    m = re.search(rf"(?<![\w.]){re.escape(key)}=('[^']*'|\"[^\"]*\"|[\w.+-]+)", text)
+    if not m:
+        return None
+    value = m.group(1)
+    return value[1:-1] if value[:1] in "'\"" else value
+
+
+def log_setting(text: str, key: str, kind: type = str) -> Any:
+    """One setting from a config dump, typed: bool, int or str (torch.bfloat16 -> bfloat16); None when
+    the dump does not hold it or holds None."""
+    value = _log_value(text, key)
+    if value is None or value == "None":
+        return None
+    if kind is bool:
+        return {"True": True, "False": False}.get(value)
+    if kind is int:
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    return value.removeprefix("torch.")
+
+
+@dataclass(frozen=True)
 class StartFacts:
     """What an engine's own start-up log says about itself (None where it did not say): whether it
     compiled or loaded its compile cache, how many tokens of KV cache it holds, and what its weights
@@ -288,9 +375,12 @@ class StartFacts:
     kv_cache_tokens: int | None = None
     max_concurrency: float | None = None     # at the engine's context length, as the engine says
     weights_gib: float | None = None         # per device
+    settings: EngineSettings | None = None   # what the log said of them (read_log with a spec: all it ran with)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        out = {k: getattr(self, k) for k in ("compile", "kv_cache_tokens", "max_concurrency", "weights_gib")}
+        out["settings"] = self.settings.to_dict() if self.settings is not None else None
+        return {k: v for k, v in out.items() if v is not None}
 
 
 def kv_budget(name: str, spec: EngineSpec, model: dict[str, Any], device_bytes: int,
@@ -300,9 +390,38 @@ def kv_budget(name: str, spec: EngineSpec, model: dict[str, Any], device_bytes: 
     return module.kv_budget(spec, model, device_bytes, weights_per_device) if hasattr(module, "kv_budget") else None
 
 
-def read_log(name: str, lines: list[str]) -> StartFacts:
-    """The StartFacts an engine's start-up log lines give (see each backend's read_log)."""
-    return backend(name).load().read_log(lines)
+def read_log(name: str, lines: list[str], spec: EngineSpec | None = None) -> StartFacts:
+    """The StartFacts an engine's start-up log lines give (see each backend's read_log); with the
+    spec the engine was built from, its settings are all it ran with: what the log said, over the
+    kwargs given and the engine's own defaults (settings(name, spec))."""
+    facts = backend(name).load().read_log(lines)
+    if spec is None:
+        return facts
+    return dataclasses.replace(facts, settings=(facts.settings or EngineSettings()).over(settings(name, spec)))
+
+
+def settings(name: str, spec: EngineSpec) -> EngineSettings:
+    """The settings an engine will run with, as far as they are known before it starts: the kwargs
+    given over the engine's own defaults (each backend's settings)."""
+    module = backend(name).load()
+    return module.settings(spec) if hasattr(module, "settings") else EngineSettings()
+
+
+def deterministic_problem(name: str, device: str) -> str | None:
+    """Why the engine has no working deterministic (batch-invariant) mode on this device, or None."""
+    module = backend(name).load()
+    if hasattr(module, "deterministic_problem"):
+        return module.deterministic_problem(device)
+    return f"{name} has no deterministic mode of its own"
+
+
+def quantization_problem(name: str, method: str, device: str) -> str | None:
+    """Why the engine cannot quantise a model's weights online with this method on this device (vLLM
+    and SGLang call it quantization="fp8"), or None."""
+    module = backend(name).load()
+    if hasattr(module, "quantization_problem"):
+        return module.quantization_problem(method, device)
+    return f"{name} has no online quantisation ({method})"
 
 
 # --- shared by the backends ------------------------------------------------------------------

@@ -15,16 +15,21 @@ answer before max_tokens, and stop tokens are drawn like any other token (not ma
 from __future__ import annotations
 
 import gc
+import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from evaluator.records import Completion, SamplingConfig
-from launchers.engines.base import Capabilities, EngineSpec, RequestRejected, ServerLaunch, StartFacts
+from launchers.engines.base import Capabilities, EngineSettings, EngineSpec, RequestRejected, ServerLaunch, StartFacts
 
 NATIVE_DP: tuple[str, ...] = ()
+# what it is rather than a setting: model.generate runs eager with transformers' default attention (sdpa),
+# static batches, no chunked prefill and no prefix cache, the KV cache in the model's dtype
+FIXED = ("cuda_graphs", "torch_compile", "attention", "chunked_prefill", "chunked_prefill_tokens", "prefix_caching",
+         "kv_cache_dtype")
 CAPABILITIES = Capabilities(workloads=("offline",), native_dp=(), tensor_parallel=False, devices=("cuda", "cpu"),
-                            reference=True)
+                            reference=True, fixed_settings=FIXED)
 
 # the engine kwargs this backend reads (there is no engine of another name to pass the rest to)
 DEFAULT_KWARGS: dict[str, Any] = {"dtype": "auto", "batch_size": 16}
@@ -43,6 +48,33 @@ def cache_dirs(spec: EngineSpec) -> list[Path]:
 def read_log(lines: list[str]) -> StartFacts:
     """transformers logs nothing about compile state, KV cache or weights."""
     return StartFacts()
+
+
+def settings(spec: EngineSpec) -> EngineSettings:
+    """What the reference engine runs with: the fixed ones (FIXED), its batch size and the dtype
+    resolve_dtype picks (read from config.json here, without importing transformers)."""
+    options = {**DEFAULT_KWARGS, **spec.engine_kwargs}
+    dtype = options.get("dtype")
+    if dtype == "auto":
+        try:
+            config = json.loads((Path(spec.model) / "config.json").read_text())
+            dtype = config.get("dtype") or config.get("torch_dtype")
+        except (OSError, ValueError):
+            dtype = None
+        dtype = dtype or ("bfloat16" if spec.device == "cuda" else "float32")
+    given = tuple(n for k, n in (("batch_size", "max_batch"), ("dtype", "dtype")) if k in spec.engine_kwargs)
+    return EngineSettings(cuda_graphs=False, torch_compile=False, attention="sdpa", max_batch=options.get("batch_size"),
+                          chunked_prefill=False, prefix_caching=False, quantization="none", dtype=dtype,
+                          kv_cache_dtype="auto", context_tokens=spec.max_model_len,
+                          given=given + (("context_tokens",) if spec.max_model_len else ()))
+
+
+def deterministic_problem(device: str) -> str | None:
+    return "the hf reference engine has no deterministic (batch-invariant) mode: --deterministic would change nothing"
+
+
+def quantization_problem(method: str, device: str) -> str | None:
+    return f"the hf reference engine runs the checkpoint as stored (no online quantisation such as {method})"
 
 
 def engine_options(spec: EngineSpec) -> dict[str, Any]:

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from evaluator.records import Completion, SamplingConfig
-from launchers.engines.base import (Capabilities, EngineSpec, RequestRejected, ServerLaunch, StartFacts, cli_flags,
-                                    counter, free_port, gauge, python_module)
+from launchers.engines.base import (Capabilities, EngineSettings, EngineSpec, RequestRejected, ServerLaunch,
+                                    StartFacts, cli_flags, counter, free_port, gauge, given_settings, log_setting,
+                                    python_module)
 
 CAPABILITIES = Capabilities(
     workloads=("offline", "serve"),
@@ -62,6 +63,18 @@ _WEIGHTS = re.compile(r"Load weight end\..*?mem usage=([\d.]+) GB")
 _COLD = ("Compiling a graph for",)
 _TORCH_COMPILE = "enable_torch_compile=True"      # in the server_args=ServerArgs(...) line every start logs
 OFFLINE_LOG_LEVEL = "info"     # sglang.Engine's own default is "error" ("Do not print logs by default")
+_SERVER_ARGS = re.compile(r"server_args=ServerArgs\((.*)")
+_SCHEDULER = re.compile(r"max_total_num_tokens=\d+.*")
+_WEIGHTS_DTYPE = re.compile(r"Load weight end\..*?dtype=torch\.(\w+)")
+_CAPTURE = "Capture cuda graph"        # "Capture cuda graph begin. This can take up to several minutes."
+
+# SGLang's engine kwargs (ServerArgs fields) -> the EngineSettings they set
+SETTING_KWARGS = {"disable_cuda_graph": ("cuda_graphs",), "enable_torch_compile": ("torch_compile",),
+                  "attention_backend": ("attention",), "max_running_requests": ("max_batch",),
+                  "chunked_prefill_size": ("chunked_prefill", "chunked_prefill_tokens"),
+                  "disable_radix_cache": ("prefix_caching",),
+                  "quantization": ("quantization",), "dtype": ("dtype",), "kv_cache_dtype": ("kv_cache_dtype",),
+                  "context_length": ("context_tokens",)}
 
 
 def default_mem_fraction(spec: EngineSpec, device_bytes: int) -> float:
@@ -90,8 +103,9 @@ def kv_budget(spec: EngineSpec, model: dict, device_bytes: int, weights_per_devi
 
 
 def read_log(lines: list[str]) -> StartFacts:
-    """Compile state, KV-cache tokens (max_total_num_tokens, once per scheduler: a native-DP engine
-    has one per rank, summed) and the weights' memory from SGLang's start-up log. Compile state:
+    """Compile state, settings (log_settings), KV-cache tokens (max_total_num_tokens, once per
+    scheduler: a native-DP engine has one per rank, summed) and the weights' memory from SGLang's
+    start-up log. Compile state:
     cold where its torch.compile backend compiled; none where the start was logged without it (its
     Triton kernels are JIT-compiled into Triton's own cache, which SGLang does not mention); None
     (unknown: the cache folders' measurement stays) with --enable-torch-compile, or no log."""
@@ -105,7 +119,7 @@ def read_log(lines: list[str]) -> StartFacts:
     else:
         compile_state = "none"
     return StartFacts(compile=compile_state, kv_cache_tokens=sum(kv) if kv else None,
-                      weights_gib=max(weights) if weights else None)
+                      weights_gib=max(weights) if weights else None, settings=log_settings(text))
 
 
 def server_info_facts(info: dict[str, Any]) -> StartFacts:
@@ -119,6 +133,81 @@ def server_info_facts(info: dict[str, Any]) -> StartFacts:
     if not tokens and info.get("max_total_num_tokens"):
         tokens = [int(info["max_total_num_tokens"]) * int(info.get("dp_size") or 1)]
     return StartFacts(kv_cache_tokens=sum(tokens) if tokens else None, weights_gib=max(weights) if weights else None)
+
+
+def log_settings(text: str) -> EngineSettings | None:
+    """What SGLang's log says of its settings: its server_args=ServerArgs(...) line (logged after its
+    own defaults were resolved: the attention backend it picked, the chunk size), the scheduler's
+    "max_total_num_tokens=..., chunked_prefill_size=..., max_running_requests=..., context_len=..."
+    line, the dtype it loaded the weights in and whether it captured CUDA graphs (the offline engine
+    logs at OFFLINE_LOG_LEVEL, info, for these lines; at SGLang's default, error, only what was given
+    is known)."""
+    args, scheduler = _SERVER_ARGS.search(text), _SCHEDULER.search(text)
+    loaded = _WEIGHTS_DTYPE.search(text)
+    if not (args or scheduler or loaded):
+        return None
+    found: dict[str, Any] = {}
+    if args:
+        line = args.group(1)
+        no_graphs, compiled = log_setting(line, "disable_cuda_graph", bool), log_setting(line, "enable_torch_compile", bool)
+        radix_off, chunk = log_setting(line, "disable_radix_cache", bool), log_setting(line, "chunked_prefill_size", int)
+        dtype, quantization = log_setting(line, "dtype"), log_setting(line, "quantization")
+        found.update(cuda_graphs=None if no_graphs is None else not no_graphs, torch_compile=compiled,
+                     attention=log_setting(line, "attention_backend"),
+                     max_batch=log_setting(line, "max_running_requests", int),
+                     chunked_prefill=None if chunk is None else chunk > 0,
+                     chunked_prefill_tokens=chunk if chunk and chunk > 0 else None,
+                     prefix_caching=None if radix_off is None else not radix_off,
+                     quantization=quantization or ("none" if "quantization=None" in line else None),
+                     dtype=None if dtype == "auto" else dtype, kv_cache_dtype=log_setting(line, "kv_cache_dtype"),
+                     context_tokens=log_setting(line, "context_length", int))
+    if scheduler:
+        line = scheduler.group(0)
+        for name, key in (("max_batch", "max_running_requests"), ("context_tokens", "context_len")):
+            value = log_setting(line, key, int)
+            if value is not None:
+                found[name] = value
+        chunk = log_setting(line, "chunked_prefill_size", int)
+        if chunk is not None:           # -1: SGLang's "off"
+            found.update(chunked_prefill=chunk > 0, chunked_prefill_tokens=chunk if chunk > 0 else None)
+    if loaded:
+        found["dtype"] = loaded.group(1)
+    if _CAPTURE in text:
+        found["cuda_graphs"] = True
+    return EngineSettings(**found)
+
+
+def settings(spec: EngineSpec) -> EngineSettings:
+    """What SGLang will run with before it starts: the kwargs given over its own defaults (CUDA graphs on,
+    no torch.compile, the radix prefix cache on, chunked prefill on); the attention backend, the chunk
+    size and max_running_requests it picks for the device stay unknown until its log says them."""
+    kw = engine_kwargs(spec)
+    chunk = kw.get("chunked_prefill_size")
+    quantization = kw.get("quantization") or ("gguf" if str(spec.model).endswith(".gguf") else "none")
+    given = given_settings({**spec.engine_kwargs, **({"context_length": 1} if spec.max_model_len else {}),
+                            **({"quantization": 1} if str(spec.model).endswith(".gguf") else {})}, SETTING_KWARGS)
+    return EngineSettings(cuda_graphs=spec.device == "cuda" and not kw.get("disable_cuda_graph"),
+                          torch_compile=bool(kw.get("enable_torch_compile")), attention=kw.get("attention_backend"),
+                          max_batch=kw.get("max_running_requests"),
+                          chunked_prefill=chunk is None or int(chunk) > 0,
+                          chunked_prefill_tokens=int(chunk) if chunk is not None and int(chunk) > 0 else None,
+                          prefix_caching=not kw.get("disable_radix_cache"), quantization=quantization,
+                          dtype=kw.get("dtype") if kw.get("dtype") not in (None, "auto") else None,
+                          kv_cache_dtype=kw.get("kv_cache_dtype", "auto"), context_tokens=spec.max_model_len,
+                          given=given)
+
+
+def deterministic_problem(device: str) -> str | None:
+    """--enable-deterministic-inference: SGLang's batch-invariant kernels, on its CUDA builds."""
+    return None if device == "cuda" else f"SGLang runs on cuda here, not {device}"
+
+
+def quantization_problem(method: str, device: str) -> str | None:
+    """SGLang's online FP8 (quantization="fp8" over a bf16 checkpoint) runs on its CUDA builds; it
+    runs no other device here (CAPABILITIES.devices)."""
+    if method != "fp8":
+        return f"SGLang's online quantisation is compared here for fp8 only (not {method!r})"
+    return None if device == "cuda" else f"SGLang runs on cuda here, not {device}"
 
 
 def engine_env(spec: EngineSpec, serving: bool = False) -> dict[str, str]:

