@@ -1,7 +1,8 @@
 # Two commands do everything on a fresh 2-core machine without GPU (see README):
-#   make demo   venv + CPU install, GSM8K + demo model offline, the comparison of single / dp=2 / tp=2
-#   make test   venv + CPU install + SLURM daemons' Debian packages (apt-get: root or sudo), then the
-#               whole test suite with every real part required (CI runs exactly this)
+#   make demo   venv + CPU install, GSM8K + demo model offline, the comparison of single / dp=2 / tp=2,
+#               sized to the host (ends with the path of its report.html)
+#   make test   venv + CPU install + SLURM daemons' and Chromium's Debian packages (apt-get: root or
+#               sudo), then the whole test suite with every real part required (CI runs exactly this)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch 2.13.0+cpu: pip takes it from a local wheel where one is configured (find-links), else from
@@ -28,6 +29,7 @@ demo: install
 
 test: install
 	bash slurm/install_deps.sh
+	bash tests/install_browser.sh
 	REQUIRE_REAL_PARTS=1 $(PY) -m pytest -q -rs
 
 clean:
