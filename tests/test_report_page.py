@@ -106,6 +106,16 @@ def test_the_page_is_one_file_that_fetches_nothing_and_escapes_everything(tmp_pa
     assert page.isascii()
 
 
+def test_a_comparison_where_nothing_finished_still_gets_its_page(tmp_path):
+    """Every layout skipped or failed: the console says so, the page lists each with its reason."""
+    report = build_report([], [("vllm 1x1", "failed: exit 1: error: out of memory (see results/x/vllm-single)"),
+                               ("sglang 1x1", "pip install '.[sglang]'")], title="Layout comparison: vllm on 1 device(s)")
+    assert "no layout finished" in console_text(report)
+    page = render_html.render(report)
+    assert "No layout finished" in page and page.count('<tr class="layout ') == 2
+    assert 'data-status="failed"' in page and "out of memory" in page and 'data-status="skipped"' in page
+
+
 def test_report_html_flag_refuses_a_folder(tmp_path):
     r = run_cli(["-m", "evaluator.report", str(CAPACITY), "--html", str(tmp_path)], lock=False, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "is a folder" in r.stderr, r.stderr

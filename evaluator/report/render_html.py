@@ -32,9 +32,15 @@ def _acc(value: float | None, ci) -> str:
 
 def _layout_words(e: RunEntry) -> str:
     dp, tp = (int(x) for x in e.layout.split()[0].split("x"))
-    how = ("one device" if e.gpus == 1 else
-           f"{dp} replica{'s' if dp > 1 else ''} × tensor parallel {tp}" + (" (the engine's own DP)"
-                                                                             if "native" in e.layout else ""))
+    native = " (the engine's own data parallelism)" if "native" in e.layout else ""
+    if dp * tp == 1:
+        how = "one device"
+    elif tp == 1:
+        how = f"{dp} replicas of one device each{native}"
+    elif dp == 1:
+        how = f"one engine over {tp} devices (tensor parallel)"
+    else:
+        how = f"{dp} replicas, each one engine over {tp} devices{native}"
     return f"dp={dp} × tp={tp}: {how}"
 
 
@@ -120,8 +126,15 @@ class LayoutRow:
     label: str
     status: str                       # ran | skipped | failed
     reason: str
-    cells: tuple[str, ...]
+    cells: tuple[str, ...]            # one per LAYOUT_COLUMNS after the label (empty: did not run)
     best: bool
+
+
+def shown_columns(rows: list[LayoutRow]) -> list[int]:
+    """Indices of the columns after the label that say something: a column that is "-" for every
+    layout (no capacity search, no price, nothing paired) is left out."""
+    ran = [r for r in rows if r.cells]
+    return [i for i in range(len(LAYOUT_COLUMNS) - 1) if any(r.cells[i] != "-" for r in ran)] if ran else []
 
 
 # the layouts table's columns, one row per layout (engine and workload are in its label): (title, CSS
@@ -176,7 +189,7 @@ def charts(report: Report) -> list[Chart]:
                       f"{c.label} at {p.level}: {svg.num(p.output_tokens_per_s_per_gpu)} tok/s per GPU, "
                       f"{svg.num(p.tokens_per_s_per_user)} tok/s per user"
                       + (f", TTFT p50 {p.ttft_ms_p50:.0f} ms" if p.ttft_ms_p50 is not None else "")
-                      + (f", goodput {p.goodput_rps:.2f} req/s" if p.goodput_rps is not None else ""))
+                      + (f", goodput {p.goodput_rps:.2f} req/s" if p.goodput_rps is not None else ""), p.level)
             for p in c.points if p.tokens_per_s_per_user is not None and p.output_tokens_per_s_per_gpu is not None))
             for c in f.tradeoff]
         out.append(Chart("tradeoff", "Throughput per GPU against speed per user",
@@ -305,8 +318,10 @@ def render(report: Report) -> str:
                       trim_blocks=True, lstrip_blocks=True)
     counts = {"ran": len(report.runs), "skipped": sum(not s.failed for s in report.skipped),
               "failed": sum(s.failed for s in report.skipped)}
+    layouts = layout_rows(report)
     return env.get_template("report.html.j2").render(
-        report=report, cards=cards(report), layouts=layout_rows(report), layout_columns=LAYOUT_COLUMNS,
+        report=report, cards=cards(report), layouts=layouts, layout_columns=LAYOUT_COLUMNS,
+        shown=shown_columns(layouts),
         charts=charts(report), tables=tables(report), counts=counts,
         other=[v.sentence for v in report.verdicts if not v.headline and v.source not in ("serving",)])
 

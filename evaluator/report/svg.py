@@ -16,6 +16,7 @@ PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b
 DASHES = ("", "6 3", "2 3")           # after ten colours, the same colours dashed
 ROW = 24                              # px per layout row
 GAP = 12                              # px between a row's label and the plot (a marker at 0 stays clear of it)
+TAGGED_POINTS = 24                    # up to this many points, each is named beside it (beyond: on hover only)
 FONT = 12
 
 
@@ -189,6 +190,7 @@ class Point:
     x: float
     y: float
     title: str
+    tag: str = ""                     # written beside the point ("c=16") while few points share the chart
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,7 @@ def lines(series: list[Line], x_unit: str, y_unit: str, width: int = 560, height
         out.append(_text(left - 6, py(t) + 4, num(t), "end", "tick"))
     out.append(_text(left + pw / 2, height - 8, x_unit, "middle", "axis"))
     out.append(_text(14, top + ph / 2, y_unit, "middle", "axis", f' transform="rotate(-90 14 {top + ph / 2:.1f})"'))
+    tagged = len(pts) <= TAGGED_POINTS
     for i, s in enumerate(series):
         good = [p for p in s.points if math.isfinite(p.x) and math.isfinite(p.y)]
         d = dash(i)
@@ -233,6 +236,8 @@ def lines(series: list[Line], x_unit: str, y_unit: str, width: int = 560, height
         for p in good:
             out.append(f'<circle class="mark" cx="{px(p.x):.1f}" cy="{py(p.y):.1f}" r="4.5" fill="{color(i)}">'
                        f'<title>{escape(p.title)}</title></circle>')
+            if tagged and p.tag:
+                out.append(_text(px(p.x) + 6, py(p.y) - 6, p.tag, "start", "tag"))
         out.append("</g>")
     out.append("</svg>")
     return "".join(out)
