@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # The CPU demo end to end: prepare GSM8K and the demo model offline (reused when already there),
 # then one `python -m evaluator.compare` of vLLM-CPU over 2 devices of one core each (single,
-# dp=2, tp=2 of the same problems, up to 384 new tokens so that answers end at EOS and are scored,
+# dp=2, tp=2 of the same problems, with room for the answers to end at EOS and be scored,
 # a 2048-token context: the model's own 32768 needs more KV cache than a dp=2 engine's share of a
 # 24 GiB machine leaves), and its report. It ends with the path of report.html.
 #
 # It sizes itself to the host, so it ends within 8 minutes on any 2-core x86 machine:
-# - bf16 where the CPU has AVX-512 BF16 or AMX: 16 problems, a 512 MiB KV cache per engine;
+# - bf16 where the CPU has AVX-512 BF16 or AMX: 16 problems, up to 384 new tokens, a 512 MiB KV cache
+#   per engine;
 # - float32 elsewhere (AVX2-only CPUs): PyTorch runs bf16 matrix products there through its scalar
 #   reference kernel (8 answers x 64 tokens took 104 s in bf16 and 28 s in float32, and the compiled
-#   graph's profiling run did not finish in 15 minutes), and float32 reads twice the bytes per step:
-#   8 problems, a 256 MiB cache (10,922 float32 tokens; 8 problems take about 5,000).
+#   graph's profiling run did not finish in 15 minutes). In float32 on one core every decode step
+#   reads all 2.4 GB of weights (~0.14 s a step), so the time follows the longest answer more than
+#   the number of problems: 4 problems, up to 320 new tokens (the model's right answers to the first
+#   16 problems end by token 310; the longer ones run on to the limit and are wrong either way), a
+#   256 MiB cache (10,922 float32 tokens). Measured with float32 forced and PyTorch, oneDNN and MKL
+#   held to AVX2 on an AVX-512 host: the comparison took 433 s with 16 problems x 384 tokens (12 min
+#   7 s in all on a real AVX2 host), 288 s with 8, 257 s with 4 (see the commit for the estimate).
 # Eager mode on both: torch.compile would cost each engine start minutes on one core (170 s measured
 # for single's cold start), which a demo never earns back. Every flag is in the command and in each
 # run's config; nothing is changed behind them.
@@ -35,16 +41,16 @@ case "$DTYPE" in
   *) echo "error: DEMO_DTYPE must be auto, bfloat16 or float32 (got '$DTYPE')" >&2; exit 2 ;;
 esac
 if [ "$DTYPE" = bfloat16 ]; then
-  SIZED_LIMIT=16; KV_BYTES=536870912
+  SIZED_LIMIT=16; SIZED_TOKENS=384; KV_BYTES=536870912
   KWARGS="{\"enforce_eager\": true, \"kv_cache_memory_bytes\": $KV_BYTES}"
   WHY="$HOW: bf16, $SIZED_LIMIT problems"
 else
-  SIZED_LIMIT=8; KV_BYTES=268435456
+  SIZED_LIMIT=4; SIZED_TOKENS=320; KV_BYTES=268435456
   KWARGS="{\"dtype\": \"float32\", \"enforce_eager\": true, \"kv_cache_memory_bytes\": $KV_BYTES}"
-  WHY="$HOW: float32, $SIZED_LIMIT problems instead of 16 so that the demo ends within 8 minutes"
+  WHY="$HOW: float32, $SIZED_LIMIT problems instead of 16 and up to $SIZED_TOKENS new tokens instead of 384 so that the demo ends within 8 minutes"
 fi
 LIMIT=${DEMO_LIMIT:-$SIZED_LIMIT}
-MAX_TOKENS=${DEMO_MAX_TOKENS:-384}
+MAX_TOKENS=${DEMO_MAX_TOKENS:-$SIZED_TOKENS}
 for v in "$LIMIT" "$MAX_TOKENS"; do
   case "$v" in ''|*[!0-9]*|0) echo "error: DEMO_LIMIT and DEMO_MAX_TOKENS must be whole numbers above 0 (got '$v')" >&2; exit 2 ;; esac
 done

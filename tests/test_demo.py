@@ -2,7 +2,8 @@
 as `make demo` does) with the demo's flags answers some of the first 8 GSM8K problems right, and
 the one engine start that costs also checks what the engine reports against what was planned (the
 KV cache the demo gives in bytes, in tokens after vLLM's block rounding). The demo sizes itself to
-the host (bf16 and 16 problems where the CPU has a fast bf16 kernel, float32 and 8 elsewhere), which
+the host (bf16 and 16 problems where the CPU has a fast bf16 kernel, float32, 4 problems and fewer
+tokens elsewhere), which
 launchers/demo.sh --print-settings shows without running anything."""
 from __future__ import annotations
 
@@ -25,17 +26,19 @@ def demo_settings(**env: str) -> dict[str, str]:
 
 
 def test_the_demo_sizes_itself_to_the_host():
-    """Without a fast bf16 kernel (forced here with DEMO_DTYPE=float32) the demo runs float32 and
-    half the problems, with a cache for float32's 24 KiB tokens; the host's own choice follows
+    """Without a fast bf16 kernel (forced here with DEMO_DTYPE=float32) the demo runs float32 and a
+    quarter of the problems, with a cache for float32's 24 KiB tokens; the host's own choice follows
     /proc/cpuinfo."""
     f32 = demo_settings(DEMO_DTYPE="float32")
-    assert (f32["DTYPE"], f32["LIMIT"], f32["MAX_TOKENS"]) == ("float32", "8", "384")
+    assert (f32["DTYPE"], f32["LIMIT"], f32["MAX_TOKENS"]) == ("float32", "4", "320")
     assert json.loads(f32["KWARGS"]) == {"dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": 256 * 2**20}
     bf16 = demo_settings(DEMO_DTYPE="bfloat16")
-    assert (bf16["DTYPE"], bf16["LIMIT"]) == ("bfloat16", "16") and "dtype" not in json.loads(bf16["KWARGS"])
+    assert (bf16["DTYPE"], bf16["LIMIT"], bf16["MAX_TOKENS"]) == ("bfloat16", "16", "384")
+    assert "dtype" not in json.loads(bf16["KWARGS"])
     fast = subprocess.run(["grep", "-qwE", "avx512_bf16|amx_bf16", "/proc/cpuinfo"]).returncode == 0
     assert demo_settings(DEMO_DTYPE="auto") == (bf16 if fast else f32)
-    assert demo_settings(DEMO_DTYPE="float32", DEMO_LIMIT="3")["LIMIT"] == "3"
+    assert demo_settings(DEMO_DTYPE="float32", DEMO_LIMIT="3", DEMO_MAX_TOKENS="512") == {**f32, "LIMIT": "3",
+                                                                                            "MAX_TOKENS": "512"}
 
 
 @pytest.mark.parametrize("env,message", [({"DEMO_DTYPE": "fp8"}, "DEMO_DTYPE must be auto, bfloat16 or float32"),
