@@ -148,12 +148,13 @@ LAYOUT_COLUMNS = (("layout", "label"), ("start-up s", "num"), ("generate s", "nu
 def layout_rows(report: Report) -> list[LayoutRow]:
     from evaluator.report.tables import compile_mark
     winners = {v.winner for v in report.verdicts if v.headline and v.winner}
+    baselines = {p.baseline_path for g in report.answers for p in g.pairs}
     out = []
     for e in report.runs:
         r = e.row
         p = _pair_of(report, e.path)
-        vs = "-" if p is None else (f"{p.flexible.difference:+.3f} (p={p.flexible.p_value:.2g}) vs "
-                                    f"{p.baseline_label}")
+        vs = ("baseline" if e.path in baselines else "-") if p is None else (
+            f"{p.flexible.difference:+.3f} (p={p.flexible.p_value:.2g}) vs {p.baseline_label}")
         tok = "-" if r["output_tok_s_per_gpu"] is None else (
             f"{r['output_tok_s_per_gpu']:,.0f}" + (f" @{r['peak_level']}" if r["peak_level"] else ""))
         cost = ("per level" if e.workload == "serve" and report.price_per_gpu_hour is not None else
