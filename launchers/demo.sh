@@ -17,7 +17,7 @@
 #   256 MiB cache (10,922 float32 tokens). Measured with float32 forced and PyTorch, oneDNN and MKL
 #   held to AVX2 on an AVX-512 host: the comparison took 433 s with 16 problems x 384 tokens (12 min
 #   7 s in all on a real AVX2 host), 288 s with 8 x 384, 254 s with 4 x 320: scaled by that host's
-#   own run, about 7.6 minutes there with data and model (7.2 to 8.1, as its preparation took 55 to
+#   own run, about 7.6 minutes there with data and model (7.5 to 8.1, as its preparation took 55 to
 #   140 s).
 # Eager mode on both: torch.compile would cost each engine start minutes on one core (170 s measured
 # for single's cold start), which a demo never earns back. Every flag is in the command and in each
