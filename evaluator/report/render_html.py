@@ -60,7 +60,8 @@ def _capacity_text(e: RunEntry) -> str:
 
 
 def _pair_of(report: Report, path: str) -> PairEntry | None:
-    """The run's pair against its own layout baseline (the first one listed: same engine)."""
+    """The run's first pair: against its layout baseline (same engine and settings), else against the
+    reference engine, else (a serving run) against its offline twin, as compare.pairs_of lists them."""
     return next((p for g in report.answers for p in g.pairs if p.path == path and p.problem is None), None)
 
 
