@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from evaluator.report import model, render_console, render_html, render_markdown
-from evaluator.report.model import Report, Verdict, build_report
+from evaluator.report import build, model, render_console, render_html, render_markdown
+from evaluator.report.build import build_report
+from evaluator.report.model import Report, Verdict
 from evaluator.report.runs import find_runs
 from tests.browser import Chromium, find_chromium
 from tests.conftest import ROOT, run_cli, skip_or_fail
@@ -82,7 +83,7 @@ def test_sentences_flow_from_their_owners_to_every_renderer(monkeypatch):
         return [Verdict("engines", "offline", "ENGINE VERDICT: vllm 2x1 & <b>sglang</b>",
                         tuple(str(r.path) for r in found), True, str(found[0].path))]
     monkeypatch.setattr(serving, "sentences", lambda group, price=None: ["SERVING SENTENCE <i>from its owner</i>"])
-    monkeypatch.setattr(model, "VERDICT_SOURCES", [*model.VERDICT_SOURCES, engines])
+    monkeypatch.setattr(build, "VERDICT_SOURCES", [*build.VERDICT_SOURCES, engines])
     report = build_report(find_runs(H200 / "vllm-offline", H200 / "vllm-serve"))
     page = render_html.render(report)
     for text in (console_text(report), render_markdown.render(report)):

@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     from evaluator.report import render_console, render_html, sweep
     from evaluator.report.compare import show_flips
     from evaluator.report.document import planned_context, typed_command
-    from evaluator.report.model import build_report, write_json
+    from evaluator.report.build import build_report
+    from evaluator.report.model import write_json
     from evaluator.report.plot import runs_png, tradeoff_png
     from evaluator.report.runs import ReportError, find_runs, resolve_baseline
     parser = build_parser()

@@ -12,7 +12,8 @@ from pathlib import Path
 from rich.console import Console
 
 from evaluator.report import render_console, render_html, render_markdown
-from evaluator.report.model import Report, build_report, write_json
+from evaluator.report.build import build_report
+from evaluator.report.model import Report, write_json
 from evaluator.report.plot import runs_png, tradeoff_png
 from evaluator.report.runs import FoundRun
 from evaluator.report.tables import write_csv
