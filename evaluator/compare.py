@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run every valid layout of the engines for --gpus devices on this host, one after another, "
                     "and end with one report (report.html, report.md, report.csv, report.json, PNGs) in the "
                     "comparison folder. Everything after -- goes to every run (python -m evaluator --help lists "
-                    "the flags); with --workload both, serving-only flags (--concurrency, --request-rate, --level-prompts, --slo-*, "
-                    "traffic and capacity flags) go to the serving runs only.",
+                    "the flags); with --workload both, serving-only flags (--concurrency, --request-rate, "
+                    "--level-prompts, --slo-*, traffic and capacity flags) go to the serving runs only.",
         epilog="Example: python -m evaluator.compare --engines vllm,sglang --gpus 4 --model M --data D "
                "--workload both -- --limit 256 --concurrency 1,16,64. After a kill, run it again with "
                "--resume OUT: finished layouts are kept, the interrupted one is resumed, from the saved plan.",
