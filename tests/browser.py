@@ -102,8 +102,8 @@ class Chromium:
             while self._next not in self._answers:
                 left = deadline - time.time()
                 if left <= 0 or self.proc.poll() is not None:
-                    raise BrowserError(f"no answer to {method} (browser {'exited' if self.proc.poll() is not None else 'silent'}"
-                                       f"): {self.stderr_tail()}")
+                    state = "exited" if self.proc.poll() is not None else "silent"
+                    raise BrowserError(f"no answer to {method} (browser {state}): {self.stderr_tail()}")
                 self._cond.wait(left)
             answer = self._answers.pop(self._next)
         if "error" in answer:

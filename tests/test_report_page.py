@@ -137,7 +137,8 @@ PAGE_FACTS = """(() => {
                                                                           tr.innerText]),
     charts: Object.fromEntries([...document.querySelectorAll('figure')].map(f => {
       const svg = f.querySelector('svg'), b = svg.getBoundingClientRect();
-      const marks = [...svg.querySelectorAll('.mark')].filter(m => { const r = m.getBBox(); return r.width > 0 && r.height > 0; });
+      const marks = [...svg.querySelectorAll('.mark')].filter(m => {
+        const r = m.getBBox(); return r.width > 0 && r.height > 0; });
       return [f.id, {width: b.width, height: b.height, marks: marks.length}]; })),
   };
 })()"""

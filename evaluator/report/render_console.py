@@ -117,8 +117,9 @@ def print_timing(report: Report, group: AnswerGroup, console: Console) -> None:
                           ("faster than baseline", "right")]:
         t.add_column(name, justify=justify)
     for row in group.timing:
-        t.add_row(escape(row.run_id), escape(row.label), f"{row.startup_s:.1f}", f"{row.generate_s:.2f}", f"{row.per_prompt_s:.4f}",
-                  f"{100 * row.straggler_gap:.1f}%", escape(row.baseline_id or "-"), row.faster_than_baseline)
+        t.add_row(escape(row.run_id), escape(row.label), f"{row.startup_s:.1f}", f"{row.generate_s:.2f}",
+                  f"{row.per_prompt_s:.4f}", f"{100 * row.straggler_gap:.1f}%", escape(row.baseline_id or "-"),
+                  row.faster_than_baseline)
     console.print(t)
     console.print(TIMING_NOTE, style="dim")
     timed = set(group.timed)
