@@ -1,7 +1,9 @@
 # Two commands do everything on a fresh 2-core machine without GPU (see README):
-#   make demo   venv + CPU install, GSM8K + demo model offline, the comparison of single / dp=2 / tp=2
-#   make test   venv + CPU install + the referee's venv + SLURM daemons' Debian packages (apt-get:
-#               root or sudo), then the whole test suite with every real part required (CI runs exactly this)
+#   make demo   venv + CPU install, GSM8K + demo model offline, the comparison of single / dp=2 / tp=2,
+#               sized to the host (ends with the path of its report.html)
+#   make test   venv + CPU install + the referee's venv + SLURM daemons' and Chromium's Debian packages
+#               (apt-get: root or sudo), then the whole test suite with every real part required (CI runs
+#               exactly this)
 #   make referee  AIPerf, the second load client python -m evaluator.bench.serving sets beside ours,
 #               in a venv of its own (.venv-referee; docs/benchmarks.md)
 VENV ?= .venv
@@ -43,6 +45,7 @@ demo: install
 
 test: install referee
 	bash slurm/install_deps.sh
+	bash tests/install_browser.sh
 	REQUIRE_REAL_PARTS=1 $(PY) -m pytest -q -rs
 
 clean:

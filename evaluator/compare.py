@@ -76,10 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m evaluator.compare",
         description="Run every valid layout of the engines for --gpus devices on this host, one after another, "
-                    "and end with one report (report.md, report.csv, PNGs) in the comparison folder. Everything "
-                    "after -- goes to every run (python -m evaluator --help lists the flags); with --workload "
-                    "both, serving-only flags (--concurrency, --request-rate, --level-prompts, --slo-*, "
-                    "traffic and capacity flags) go to the serving runs only.",
+                    "and end with one report (report.html, report.md, report.csv, report.json, PNGs) in the "
+                    "comparison folder. Everything after -- goes to every run (python -m evaluator --help lists "
+                    "the flags); with --workload both, serving-only flags (--concurrency, --request-rate, "
+                    "--level-prompts, --slo-*, traffic and capacity flags) go to the serving runs only.",
         epilog="Example: python -m evaluator.compare --engines vllm,sglang --gpus 4 --model M --data D "
                "--workload both -- --limit 256 --concurrency 1,16,64. After a kill, run it again with "
                "--resume OUT: finished layouts are kept, the interrupted one is resumed, from the saved plan.",
@@ -498,9 +498,13 @@ def main(argv: list[str] | None = None) -> int:
     wanted = {p.run_id for p in runnable}
     found = [r for r in find_runs(out) if r.path.name in wanted]
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    from evaluator.report.document import plan_command, typed_command
+    # the page's footer: the command that planned the comparison, and this one where it differs (a resume)
+    typed = typed_command("evaluator.compare", argv, passthrough)
+    commands = list(dict.fromkeys(c for c in (plan_command(out), typed) if c))
     write_report(out, found, [(p.label, p.skipped) for p in layouts if p.skipped] + failed, report_console,
                  args.gpu_hour_price, title=f"Layout comparison: {', '.join(engines)} on {args.gpus} device(s)",
-                 warmups=warmed)
+                 warmups=warmed, commands=commands)
     print(json.dumps({"compare": str(out), "finished": [r.summary.run_id for r in found],
                       "skipped": [p.run_id for p in layouts if p.skipped], "failed": [f[0] for f in failed],
                       "warmups": warmed}))

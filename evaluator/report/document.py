@@ -1,10 +1,9 @@
-"""The comparison report as a document: the run table with accuracy intervals, tokens/s per GPU and
-cost; the layouts that were skipped or failed and why; the answers against single (McNemar); the
-fastest layout and the break-even counts for batch runs; the goodput sentence for serving runs;
-the PNGs. Printed, and written as report.md / report.csv next to the runs, so it can be pasted
-into an issue or a wiki. `python -m evaluator.compare` and a SLURM sweep's report both end here.
+"""The comparison report as files: the record (evaluator.report.model) built once from the finished
+runs and the planned layouts that did not finish, printed (render_console) and written next to the
+runs as report.md (render_markdown), report.html (render_html, one self-contained page), report.json
+(the record itself), report.csv (raw numbers) and the PNGs. `python -m evaluator.compare` ends here.
 
-    python -m evaluator.compare --engines vllm --gpus 2 ...   # writes OUT/report.md
+    python -m evaluator.compare --engines vllm --gpus 2 ...   # writes OUT/report.html, report.md, ...
 """
 from __future__ import annotations
 
@@ -12,97 +11,83 @@ from pathlib import Path
 
 from rich.console import Console
 
-from evaluator.report import analysis
-from evaluator.report.compare import compare, costs_of, pairs_of, write_plot
-from evaluator.report.runs import FoundRun, describe_speed_group, groups, run_label, speed_groups
-from evaluator.report.serving import level_columns, level_rows, print_levels, sentences, serving_runs, write_tradeoff_plot
-from evaluator.report.tables import columns, markdown, print_table, rows, write_csv
+from evaluator.report import render_console, render_html, render_markdown
+from evaluator.report.build import build_report
+from evaluator.report.model import Report, write_json
+from evaluator.report.plot import runs_png, tradeoff_png
+from evaluator.report.runs import FoundRun
+from evaluator.report.tables import write_csv
 
 
-def _equivalence_md(found: list[FoundRun]) -> list[str]:
-    out = []
-    cache: dict = {}
-    for group in groups(found):
-        for p in pairs_of(group, None, cache):
-            eq = p.equivalence
-            if eq is None:
-                out.append(f"| {run_label(p.run, group)} | {run_label(p.baseline, group)} | - | - | - | {p.problem} |")
-                continue
-            out.append(f"| {run_label(p.run, group)} | {run_label(p.baseline, group)} | "
-                       f"{100 * eq.identical_rate:.1f}% | {100 * eq.agreement_rate:.1f}% | "
-                       f"{eq.flexible.difference:+.3f} (p={eq.flexible.p_value:.2g}) | "
-                       f"{eq.strict.difference:+.3f} (p={eq.strict.p_value:.2g}) |")
-    if not out:
-        return []
-    return ["## Same answers as single? (exact McNemar test)", "",
-            "| layout | baseline | identical output | same answer | Δ flex acc | Δ strict acc |",
-            "|---|---|---:|---:|---:|---:|", *out, "",
-            "p ≥ 0.05: the accuracy difference can be noise (greedy decoding is not batch-invariant).", ""]
-
-
-def verdicts(found: list[FoundRun]) -> list[str]:
-    """One sentence per set of offline runs that measured the same thing the same way: one speed
-    key (engine, settings, device, environment, prompts) and one start state. Resumed runs time
-    part of their prompts and are left out."""
-    timed = [r for r in found if r.summary.config.workload == "offline" and not r.summary.resumed]
-    return [analysis.verdict(list(costs_of(g).values()), g[0].summary.prompts, describe_speed_group(g)).sentence
-            for g in speed_groups(timed)]
-
-
-def _timing_md(found: list[FoundRun], warmups: list[str]) -> list[str]:
-    out = verdicts(found)
-    if not out:
-        return []
-    note = ([f"Before the timed layouts, one untimed warm-up start each of {', '.join(warmups)}, so every timed start "
-             f"could reuse its compile cache."] if warmups else [])
-    return ["## Batch: which layout finishes first", "", *note, *([""] if note else []), *out, ""]
-
-
-def levels_md(found: list[FoundRun], price_per_gpu_hour: float | None) -> list[str]:
-    """The per-layout, per-level serving table as Markdown."""
-    cols = ["layout"] + [name for name, _ in level_columns(price_per_gpu_hour)]
-    body = ["| " + " | ".join(c.replace("|", "\\|") for c in [label, *cells]) + " |"
-            for label, cells in level_rows(found, price_per_gpu_hour)]
-    rule = "|" + "|".join("---" if c in ("layout", "level") else "---:" for c in cols) + "|"
-    return ["| " + " | ".join(cols) + " |", rule, *body, ""]
+def write_files(folder: Path, report: Report) -> list[Path]:
+    """report.md, report.csv, report.json, report.html and the PNGs, from the record alone."""
+    written, pictures = [], {}
+    serving = tradeoff_png(report, folder / "report-serving.png")
+    if serving:
+        written.append(serving)
+        pictures["serving"] = serving.name
+    if report.runs:
+        written.append(runs_png(report, folder / "report.png"))
+        pictures["runs"] = "report.png"
+    md, csv_path = folder / "report.md", folder / "report.csv"
+    md.write_text(render_markdown.render(report, pictures), encoding="utf-8")
+    write_csv([r.row for r in report.runs] + [{"layout": s.label, "note": s.reason} for s in report.skipped], csv_path)
+    written += [md, csv_path, write_json(report, folder / "report.json"),
+                render_html.write(report, folder / "report.html")]
+    return written
 
 
 def write_report(folder: Path, found: list[FoundRun], skipped: list[tuple[str, str]], console: Console,
                  price_per_gpu_hour: float | None = None, title: str = "Layout comparison",
-                 warmups: list[str] = ()) -> list[Path]:
-    """Print the report and write report.md, report.csv and the PNGs into folder."""
-    written = []
-    if found:
-        table_rows = print_table(found, console, title=title, price_per_gpu_hour=price_per_gpu_hour)
-        compare(found, console)
-        print_levels(found, console, price_per_gpu_hour)
-    else:
-        table_rows = []
-        console.print("no layout finished", style="red")
-    for label, why in skipped:
-        console.print(f"{label}: {why}" if why.startswith("failed") else f"skipped {label}: {why}",
-                      markup=False, highlight=False)
-    lines = [f"# {title}", ""]
-    if found:
-        lines += [markdown(table_rows, columns(table_rows, price_per_gpu_hour is not None), "Runs"), ""]
-    if skipped:
-        lines += ["## Skipped or failed", "", *[f"- {label}: {why}" for label, why in skipped], ""]
-    lines += _equivalence_md(found) + _timing_md(found, list(warmups))
-    from evaluator.report.engines import sentences as engine_sentences
-    across = engine_sentences(found)
-    lines += ["## Which engine (like for like)", "", *across, ""] if across else []
-    served = serving_runs(found)
-    if served:
-        lines += ["## Serving", "", *sentences(served, price_per_gpu_hour), "", *levels_md(found, price_per_gpu_hour)]
-        plot = write_tradeoff_plot(found, folder / "report-serving.png")
-        written.append(plot)
-        lines += ["![throughput against latency](report-serving.png)", ""]
-    if found:
-        written.append(write_plot(found, folder / "report.png"))
-        lines += ["![start-up + generate per layout, accuracy](report.png)", ""]
-    md, csv_path = folder / "report.md", folder / "report.csv"
-    md.write_text("\n".join(lines))
-    write_csv(rows(found, price_per_gpu_hour) + [{"layout": label, "note": why} for label, why in skipped], csv_path)
-    written += [md, csv_path]
-    console.print("wrote " + ", ".join(str(p) for p in written if p), markup=False, highlight=False)
+                 warmups: list[str] = (), commands: list[str] = ()) -> list[Path]:
+    """Print the report and write its files into folder; the last line printed names them."""
+    report = build_report(found, skipped, title=title, price_per_gpu_hour=price_per_gpu_hour, warmups=list(warmups),
+                          commands=list(commands))
+    render_console.render(report, console)
+    written = write_files(folder, report)
+    console.print("wrote " + ", ".join(str(p) for p in written), markup=False, highlight=False)
     return written
+
+
+def typed_command(module: str, argv: list[str], passthrough: list[str] = ()) -> str:
+    """"python -m MODULE ARGV -- PASSTHROUGH", quoted so it can be pasted into a shell."""
+    import shlex
+    return f"python -m {module} " + shlex.join(argv) + (" -- " + shlex.join(passthrough) if passthrough else "")
+
+
+def plan_command(folder: Path) -> str | None:
+    """The command that started the comparison in folder, from its saved plan (compare.json)."""
+    import json
+    try:
+        saved = json.loads((folder / "compare.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return typed_command("evaluator.compare", saved.get("argv") or [], saved.get("passthrough") or [])
+
+
+def planned_context(folder: Path, found: list[FoundRun]) -> dict:
+    """For `evaluator.report FOLDER` over a comparison folder: its title, the layouts it skipped (with
+    the reason saved in its plan) or that have no finished run, its command and warm-ups, so the page
+    matches the one the comparison wrote. {} for any other folder."""
+    import json
+    try:
+        saved = json.loads((folder / "compare.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    argv = saved.get("argv") or []
+
+    def flag(name: str, default: str) -> str:
+        return argv[argv.index(name) + 1] if name in argv and argv.index(name) + 1 < len(argv) else default
+    finished = {r.path.resolve() for r in found}
+    skipped = []
+    for p in saved.get("layouts") or []:
+        if p.get("skipped"):
+            skipped.append((p["label"], p["skipped"]))
+        elif (folder / p["run_id"]).resolve() not in finished:
+            skipped.append((p["label"], f"failed: no finished run in {folder / p['run_id']} (run the comparison "
+                                        f"again with --resume {folder})"))
+    warm = folder / ".warmup"
+    warmups = sorted(p.name.removeprefix("warmup-") for p in warm.iterdir() if (p / "summary.json").is_file()) \
+        if warm.is_dir() else []
+    return {"title": f"Layout comparison: {flag('--engines', 'vllm')} on {flag('--gpus', '2')} device(s)".replace(",", ", "),
+            "skipped": skipped, "commands": [c for c in [plan_command(folder)] if c], "warmups": warmups}

@@ -29,6 +29,7 @@ class EngineVerdict:
     scope: str                        # "1 × H200, offline, 1319 prompts of gsm8k_test.parquet, model demo, T=0, ..."
     engines: tuple[str, str]          # in order of first appearance
     runs: tuple[str, str]             # each engine's best run (run ids), same order
+    paths: tuple[str, str]            # the same runs' folders (run ids repeat across folders)
     comparable: bool
     differences: tuple[Difference, ...]
     best: str | None                  # "vllm 1x1": the engine and layout to run (None: not comparable, or a tie)
@@ -274,6 +275,7 @@ def _verdict(group: list[FoundRun], ea: str, eb: str, cache: dict) -> EngineVerd
     else:
         sentence, winner, beyond = _serving_sentence(best, scope, diffs, settings, cache)
     return EngineVerdict(workload=workload, scope=scope, engines=(ea, eb), runs=tuple(r.summary.run_id for r in best),
+                         paths=tuple(str(r.path) for r in best),
                          comparable=comparable, differences=diffs, best=winner, beyond_intervals=beyond,
                          sentence=sentence)
 

@@ -96,3 +96,28 @@ def plot_tradeoff(curves, path: str | Path, title: str = "Throughput against lat
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def runs_png(report, path: str | Path) -> Path:
+    """report.png from the report record's figures: time and accuracy per layout."""
+    nan = float("nan")           # not measured (serving traffic other than GSM8K): no point drawn
+    acc = {a.path: a for a in report.figures.accuracy}
+    bars = []
+    for t in report.figures.time:
+        a = acc[t.path]
+        bars.append(Bar(label=t.label.replace(" [", "\n["), startup_s=t.startup_s, generate_s=t.generate_s,
+                        strict_accuracy=nan if a.strict is None else a.strict,
+                        flexible_accuracy=nan if a.flexible is None else a.flexible))
+    if len({r.engine for r in report.runs}) == 1:   # the engine in every label is noise when there is one
+        bars = [Bar(b.label.split(" ", 1)[1], b.startup_s, b.generate_s, b.strict_accuracy, b.flexible_accuracy)
+                for b in bars]
+    return plot_runs(bars, path)
+
+
+def tradeoff_png(report, path: str | Path) -> Path | None:
+    """report-serving.png from the record's tradeoff curves; None without serving runs."""
+    from evaluator.report.serving import Curve
+    curves = [Curve(c.label, [p.tokens_per_s_per_user or 0.0 for p in c.points],
+                    [p.output_tokens_per_s_per_gpu for p in c.points], [p.level for p in c.points])
+              for c in report.figures.tradeoff]
+    return plot_tradeoff(curves, path) if curves else None
