@@ -89,6 +89,7 @@ def workload_of(cfg: RunConfig, profile: Profile) -> tuple[Workload, str]:
         prompts = load_prompts(cfg.data, cfg.model_folder, cfg.limit)
         return Workload("offline", len(prompts), sum(p.prompt_tokens for p in prompts) / len(prompts), out * s.n), how
     serve = cfg.serve
+    base_rate = None
     if serve.traffic == "gsm8k":
         prompts = load_prompts(cfg.data, cfg.model_folder, cfg.limit)
         count, prompt_tokens = len(prompts), sum(p.prompt_tokens for p in prompts) / len(prompts)
@@ -100,8 +101,13 @@ def workload_of(cfg: RunConfig, profile: Profile) -> tuple[Workload, str]:
         count, prompt_tokens = shape["requests"], shape["prompt_tokens_mean"]
         if shape["max_tokens_mean"]:
             out, how = shape["max_tokens_mean"], f"answers of the traffic's output lengths ({traffic.name})"
+        stamps = [r.timestamp_s for r in traffic.requests if r.timestamp_s is not None]
+        if len(stamps) > 1 and max(stamps) > min(stamps):
+            base_rate = len(stamps) / (max(stamps) - min(stamps))
     levels = tuple(v for v in serve.levels if math.isfinite(v))
-    kind = serve.level_kind if serve.level_kind in ("concurrency", "rate") else "rate"
+    kind = serve.level_kind
+    if kind == "replay":            # a replay at speed x is predicted as its mean rate, x times the trace's
+        levels, kind = tuple(v * base_rate for v in levels) if base_rate else (), "rate"
     slo = (serve.slo_ttft_ms / 1000 if serve.slo_ttft_ms else None, serve.slo_tpot_ms / 1000 if serve.slo_tpot_ms else None)
     return Workload("serve", count, prompt_tokens, out, kind, levels, *slo), how
 

@@ -70,14 +70,16 @@ class LayoutPrediction:
     def headline(self) -> str:
         if self.workload == "offline":
             return f"generate {self.generate_s:.2f} s"
-        light = self.levels[0] if self.levels else None
-        text = f"TPOT {1000 * light['tpot_s']:.2f} ms @{light['level']}" if light else "no level"
-        heavy = self.levels[-1] if len(self.levels) > 1 else None
-        if heavy:
-            text += f", {1000 * heavy['tpot_s']:.2f} ms @{heavy['level']}" + (" (saturated)" if heavy["saturated"] else "")
+        parts = []
+        if self.levels:
+            light = self.levels[0]
+            parts.append(f"TPOT {1000 * light['tpot_s']:.2f} ms @{light['level']}")
+        if len(self.levels) > 1:
+            heavy = self.levels[-1]
+            parts.append(f"{1000 * heavy['tpot_s']:.2f} ms @{heavy['level']}" + (" (saturated)" if heavy["saturated"] else ""))
         if self.capacity_rps is not None:
-            text += f", holds {self.capacity_rps:.3g} req/s"
-        return text
+            parts.append(f"holds {self.capacity_rps:.3g} req/s within the SLOs")
+        return ", ".join(parts) or "no level"
 
     def terms(self) -> str:
         text = M.shares(self.parts)
@@ -111,15 +113,14 @@ def predict(m: ModelShape, cal: M.Calibration, layout: LayoutInput, work: Worklo
         levels.append({"level": lp.level, "tpot_s": lp.tpot_s, "ttft_s": lp.ttft_s, "batch": lp.batch,
                        "saturated": lp.saturated, "output_tokens_per_s": 0.0 if lp.saturated else rate * work.output_tokens,
                        "terms": M.shares(lp.step.attributed())})
-    heavy = None
-    if levels:
-        last = M.serve_level(m, cal, layout.tp, layout.dp, work.level_kind, work.levels[-1], work.prompt_tokens,
-                             work.output_tokens, layout.limits)
-        heavy = last
     cap = None
     if work.slo_ttft_s is not None or work.slo_tpot_s is not None:
         cap = M.capacity(m, cal, layout.tp, layout.dp, work.prompt_tokens, work.output_tokens, layout.limits,
                          work.slo_ttft_s, work.slo_tpot_s)
+    # the terms of the heaviest level, or of the capacity's rate when no level is given
+    kind, value = (work.level_kind, work.levels[-1]) if work.levels else ("rate", cap) if cap else (None, None)
+    heavy = M.serve_level(m, cal, layout.tp, layout.dp, kind, value, work.prompt_tokens, work.output_tokens,
+                          layout.limits) if kind else None
     floor = M.roofline_s(m, cal, layout.tp, heavy.batch, work.prompt_tokens + work.output_tokens / 2) if heavy else None
     return LayoutPrediction(layout.label, layout.devices, "serve", levels=tuple(levels), capacity_rps=cap,
                             parts=heavy.step.attributed() if heavy else {},
