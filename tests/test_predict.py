@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from evaluator.predict import model as M
+from evaluator.predict.fit import calibrate
 from evaluator.predict.layouts import LayoutInput, LayoutPrediction, Workload, predict, ranked
 from evaluator.predict.records import AllReducePoint, DecodePoint, ModelShape, Profile, load_profile, write_profile
 from tests.conftest import ROOT, run_cli
@@ -83,7 +84,7 @@ def test_the_fit_recovers_a_known_device():
     points = tuple(DecodePoint(b, c, M.step(Q7, true, 1, b, c).total_s)
                    for b in (1, 8, 32, 128, 256, 512, 1024) for c in (128, 1024))
     profile = Profile("vllm", "cuda", "NVIDIA H200", "q7", Q7, decode=points)
-    fitted = M.calibrate(profile, M.Limits(1024, 16384), M.Limits(1024, 8192))
+    fitted = calibrate(profile, M.Limits(1024, 16384), M.Limits(1024, 8192))
     assert fitted.flops_per_s == pytest.approx(500e12, rel=0.03)
     assert fitted.step_overhead_s == pytest.approx(1.5e-3, rel=0.03)
     assert fitted.per_seq_s == pytest.approx(5e-6, rel=0.1)

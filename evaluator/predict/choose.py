@@ -21,6 +21,7 @@ from typing import Callable
 from rich.console import Console
 
 from evaluator.errors import UsageError
+from evaluator.predict import fit
 from evaluator.predict import model as M
 from evaluator.predict.layouts import LayoutInput, LayoutPrediction, Workload, predict, ranked, render
 from evaluator.predict.records import Profile, load_profile, write_profile
@@ -117,7 +118,7 @@ def calibrate(profile: Profile, single: RunConfig) -> M.Calibration:
     from evaluator.records import ServeConfig
     serve = shape_of(dataclasses.replace(single, workload="serve", serve=single.serve or ServeConfig())).limits
     try:
-        return M.calibrate(profile, offline, serve)
+        return fit.calibrate(profile, offline, serve)
     except ValueError as e:
         raise UsageError(f"cannot predict {profile.engine}: {e}") from None
 

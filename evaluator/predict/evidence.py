@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evaluator.predict import model as M
+from evaluator.predict.fit import calibrate
 from evaluator.predict.layouts import LayoutInput, Workload, predict
 from evaluator.predict.records import AllReducePoint, ModelShape, Profile
 from evaluator.predict.stored import observations, read_summary
@@ -131,7 +132,7 @@ def check(case: Case, models: Path, probe: dict | None) -> dict:
                       source=", ".join(case.single))
     off_s = next((s for s in singles if s.config.workload == "offline"), first)
     serve_s = next((s for s in singles if s.config.workload == "serve"), first)
-    cal = M.calibrate(profile, limits_for(off_s, False), limits_for(serve_s, True))
+    cal = calibrate(profile, limits_for(off_s, False), limits_for(serve_s, True))
     rows = []
     for rel, s in [*zip(case.single, singles), *((rel, load_run(rel)) for rel in case.layouts)]:
         c = s.config
