@@ -1,7 +1,9 @@
 """The model's free numbers, fitted to one device's measurements: effective FLOP/s, the overhead
 per step, the host work per sequence per step, and (from serving rows only) the server's own work
-per step, in relative error with a Cauchy loss; then, from serving rows, the fixed latency in front
-of the engine and how far the SLO percentile sits above the median. The bandwidth is never fitted:
+per step, in relative error with a Cauchy loss; then, from what the fit leaves, the fixed seconds a
+stored offline run spends besides its engine's steps (dispatch, collection, storing), and from
+serving rows the fixed latency in front of the engine and how far the SLO percentile sits above
+the median. The bandwidth is never fitted:
 the probe's reading, else the datasheet's.
 
     python -m evaluator.predict.evidence    # fits each stored session's single-device runs
@@ -60,7 +62,10 @@ def calibrate(profile: Profile, offline_limits: Limits, serve_limits: Limits) ->
               row[1].ttft_tail_s else None) for row in rows if row[0] == "serve" and row[1].tpot_tail_s]
     tpot_tail = sorted(t for t, _ in tails)[len(tails) // 2] if tails else 1.0
     ttft_tails = sorted(t for _, t in tails if t)
-    done = dataclasses.replace(cal, ttft_fixed_s=fixed, tail_tpot=tpot_tail,
+    # what a stored offline run took beyond its engine's steps (the profile times bare engine calls)
+    runs = sorted(row[2] - predict_row(m, cal, row) for row in rows if row[0] == "offline")
+    done = dataclasses.replace(cal, ttft_fixed_s=fixed, batch_fixed_s=max(0.0, runs[len(runs) // 2]) if runs else 0.0,
+                               tail_tpot=tpot_tail,
                                tail_ttft=ttft_tails[len(ttft_tails) // 2] if ttft_tails else 1.0)
     return dataclasses.replace(done, fit=tuple((row_name(row), predict_row(m, done, row), row[2]) for row in rows))
 

@@ -93,6 +93,7 @@ class Calibration:
     allreduce: AllReduceCost = field(default_factory=AllReduceCost)
     peak_flops_per_s: float | None = None     # datasheet, for the roofline only
     fit: tuple[tuple[str, float, float], ...] = ()   # (what, predicted, measured) of every calibration row
+    batch_fixed_s: float = 0.0        # an offline run's own seconds besides the engine's steps: dispatch, collection, storing
     tail_tpot: float = 1.0            # serving rows: the SLO percentile of TPOT over its median (measured, median ratio)
     tail_ttft: float = 1.0            # the same for TTFT
 
@@ -212,6 +213,8 @@ def offline(m: ModelShape, cal: Calibration, tp: int, prompts: int, prompt_token
     items = [(step(m, cal, tp, b, context), decode_steps) for b in waves]
     items.append((prefill(m, cal, tp, prompts * prompt_tokens, prompts, prompt_tokens, limits.max_batched_tokens), 1))
     parts = attributed_sum(items)
+    if cal.batch_fixed_s:
+        parts["run"] = cal.batch_fixed_s
     return OfflinePrediction(sum(parts.values()), parts, batch, len(waves), items[0][0] if waves else ZERO)
 
 
