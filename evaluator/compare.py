@@ -117,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no untimed warm-up start before the timed layouts of an engine that compiles (the "
                         "first timed start then compiles, and cold and warm starts are ranked apart)")
     p.add_argument("--dry-run", action="store_true", help="list the layouts (and the skipped ones) and stop")
+    p.add_argument("--predict", action="store_true",
+                   help="print every layout ranked by the performance model (evaluator.predict: generate s, TPOT/TTFT "
+                        "per level, capacity at the SLOs, and the terms) before any layout runs; profiles this host "
+                        "first (one single-device engine and a device probe, minutes) unless --profile gives one")
+    p.add_argument("--profile", metavar="FILE[,FILE]",
+                   help="stored profile(s), one per engine (python -m evaluator.profile), instead of profiling now")
+    p.add_argument("--measure-top", type=int, metavar="K",
+                   help="run the single-device layout first (the calibration), then only the K best predicted layouts "
+                        "of each engine and workload; the rest are listed as predicted, not measured (implies --predict)")
     return p
 
 
@@ -470,6 +479,11 @@ def main(argv: list[str] | None = None) -> int:
             if (out / PLAN).is_file():
                 raise UsageError(f"{out} holds a comparison already; continue it with --resume {out}")
             layouts = plan_from(args, passthrough, out)
+        profiles = {}
+        if args.predict or args.measure_top is not None or args.profile:
+            from evaluator.predict.choose import check_flags    # a resumed comparison reads its own profiles
+            profiles = check_flags(args, sorted({p.config.engine for p in layouts if p.config is not None}),
+                                   resumed=(out / PLAN).is_file())
     except UsageError as e:
         parser.exit(2, f"error: {e}\n")
     for p in layouts:
@@ -479,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(line, highlight=False, markup=False)
     if args.dry_run:
         print_prediction(layouts, console)
+        if args.predict or args.measure_top is not None:
+            predicted(layouts, args, out, console, profiles, None, parser)
         return 0
     runnable = [p for p in layouts if p.config is not None]
     if not runnable:
@@ -488,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
         from evaluator.store import atomic_write
         atomic_write(out / PLAN, json.dumps({"version": PLAN_VERSION, "argv": argv, "passthrough": passthrough,
                                              "layouts": [p.to_dict() for p in layouts]}, indent=2) + "\n")
+    if args.predict or args.measure_top is not None:
+        layouts = predicted(layouts, args, out, console, profiles,
+                            lambda first: run_plan(first, out, not args.no_warmup, console), parser)
     try:
         failed, warmed = run_plan(layouts, out, not args.no_warmup, console)
     except KeyboardInterrupt:
@@ -515,6 +534,19 @@ def _warmups_on_disk(out: Path) -> list[str]:
     folder = out / WARMUPS
     return sorted(p.name.removeprefix("warmup-") for p in folder.iterdir() if (p / "summary.json").is_file()) \
         if folder.is_dir() else []
+
+
+def predicted(layouts: list[Planned], args: argparse.Namespace, out: Path, console: Console, profiles: dict,
+              run_first, parser: argparse.ArgumentParser) -> list[Planned]:
+    """--predict / --measure-top: evaluator.predict.choose ranks (and with --measure-top, thins) the plan."""
+    from evaluator.predict.choose import predict_plan
+    try:
+        return predict_plan(layouts, args, out, console, profiles, run_first)
+    except KeyboardInterrupt:
+        console.print(f"interrupted: continue with python -m evaluator.compare --resume {out}", markup=False)
+        sys.exit(130)
+    except UsageError as e:
+        parser.exit(2, f"error: {e}\n")
 
 
 def print_prediction(layouts: list[Planned], console: Console) -> None:

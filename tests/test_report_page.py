@@ -97,12 +97,12 @@ def test_sentences_flow_from_their_owners_to_every_renderer(monkeypatch):
 
 # --- the page without a browser -----------------------------------------------------------------
 def test_the_page_is_one_file_that_fetches_nothing_and_escapes_everything(tmp_path):
-    found = find_runs(EVIDENCE)                       # every run kept as evidence: 40 layouts
+    found = find_runs(EVIDENCE)                       # every run kept as evidence: 40 layouts or more
     hostile = "<img src=x onerror=\"console.error('escaped?')\">"
     report = build_report(found, [(f"vllm 9x9 {hostile}", f"failed: {hostile}")], title=f"Title {hostile}")
     path = render_html.write(report, tmp_path / "report.html")
     page = path.read_text()
-    assert len(found) == 40 and path.stat().st_size < 1_000_000
+    assert len(found) >= 40 and path.stat().st_size < 1_000_000
     assert "<script" not in page and "@import" not in page and "url(" not in page
     refs = re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', page)
     assert refs == ["data:,"], refs                   # the empty favicon: no request for /favicon.ico

@@ -54,6 +54,12 @@ def kv_cell(row: dict) -> str:
     return f"{got} (pred. {row['kv_tokens_predicted']:,}{err})"
 
 
+def speed_row(r: FoundRun) -> dict:
+    """The run's speed against what evaluator.predict said before it ran (its prediction.json)."""
+    from evaluator.predict.choose import against, read_prediction
+    return against(r.summary, read_prediction(r.path) if r.path != Path(".") else None)
+
+
 def rows(runs: list[FoundRun] | list[RunSummary], price_per_gpu_hour: float | None = None) -> list[dict]:
     """One row per run. Cost counts every second the devices were held, in every attempt (paid);
     the engine-only figure (start-up + generation of the last attempt) stands beside it. A serving
@@ -84,7 +90,7 @@ def rows(runs: list[FoundRun] | list[RunSummary], price_per_gpu_hour: float | No
                     "flexible_maj_acc": s.flexible_maj_accuracy, "failures": len(s.failures), "resumed": s.resumed,
                     "timed_prompts": s.timed_prompts, "attempts": len(s.attempts) or 1,
                     "gpu_hours": paid.gpu_hours, "gpu_hours_engine": engine.gpu_hours, "cost": paid.cost,
-                    "cost_per_mtok": paid.cost_per_million_tokens, **memory_row(s)})
+                    "cost_per_mtok": paid.cost_per_million_tokens, **memory_row(s), **speed_row(r)})
     return out
 
 
@@ -120,6 +126,7 @@ class Column:
 
 
 def columns(runs_rows: list[dict], price: bool) -> list[Column]:
+    from evaluator.predict.choose import speed_cell
     cols = [Column("engine", lambda r: r["engine"], False), Column("layout dp×tp", layout_cell, False),
             Column("device", lambda r: r["device"], False), Column("prompts", lambda r: str(r["prompts"])),
             Column("start-up s", lambda r: f"{r['startup_s']:.1f}" + compile_mark(r["compile"])),
@@ -128,6 +135,8 @@ def columns(runs_rows: list[dict], price: bool) -> list[Column]:
             Column("out tok/s", lambda r: _f(r["output_tok_s"], ".0f") + (f" @{r['peak_level']}" if r["peak_level"] else "")),
             Column("tok/s/GPU", lambda r: _f(r["output_tok_s_per_gpu"], ".0f")),
             Column("KV tok/replica", kv_cell),
+            *([Column("speed (pred., error)", speed_cell)] if any(r.get("speed_predicted") is not None
+                                                                  for r in runs_rows) else []),
             Column("peak GiB", lambda r: _f(r["peak_gib"], ".2f")),
             Column("strict acc [95% CI]", lambda r: accuracy_cell(r["strict_acc"], r["strict_ci"])),
             Column("flex acc [95% CI]", lambda r: accuracy_cell(r["flexible_acc"], r["flexible_ci"]))]
@@ -151,6 +160,8 @@ NOTE = ("start-up: cold = compiled at start-up, warm = reused its compile cache,
         "resumed runs time only their last attempt and get no speedup; serving runs: out tok/s of their best level; "
         "GPU-h paid = devices x every attempt's wall time (engine = start-up + generate of the last attempt); "
         "KV tok/replica: what the engine reported at start-up (pred.: before it started, evaluator.memory); "
+        "speed: generate s, or median TPOT at the best level, against evaluator.predict's figure made before "
+        "the run (runs of compare --predict only); "
         "peak GiB: the replica's processes at their peak (GPU memory by NVML; resident memory on CPU); "
         "accuracy '-': serving traffic other than GSM8K is not scored.")
 

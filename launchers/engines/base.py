@@ -390,6 +390,13 @@ def kv_budget(name: str, spec: EngineSpec, model: dict[str, Any], device_bytes: 
     return module.kv_budget(spec, model, device_bytes, weights_per_device) if hasattr(module, "kv_budget") else None
 
 
+def batch_limits(name: str, spec: EngineSpec, serving: bool, device_bytes: int | None) -> tuple[int | None, int | None]:
+    """(most sequences, most tokens) the engine schedules in one step for this spec by default (its
+    own kwargs win); None where the backend has no rule (the KV cache is then the only cap)."""
+    module = backend(name).load()
+    return module.batch_limits(spec, serving, device_bytes) if hasattr(module, "batch_limits") else (None, None)
+
+
 def read_log(name: str, lines: list[str], spec: EngineSpec | None = None) -> StartFacts:
     """The StartFacts an engine's start-up log lines give (see each backend's read_log); with the
     spec the engine was built from, its settings are all it ran with: what the log said, over the

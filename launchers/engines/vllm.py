@@ -99,6 +99,26 @@ def kv_budget(spec: EngineSpec, model: dict, device_bytes: int, weights_per_devi
                     f"runtime and activations")
 
 
+def batch_limits(spec: EngineSpec, serving: bool, device_bytes: int | None) -> tuple[int | None, int | None]:
+    """max_num_seqs and max_num_batched_tokens as vLLM defaults them (EngineArgs.get_batch_defaults):
+    CPU builds 256 / 4096 per TP worker offline, 128 / 2048 serving; GPUs of 70 GiB or more (not
+    A100) 1024 / 16384 offline, 1024 / 8192 serving, 160 GiB or more 1024 / 16384 both; other GPUs
+    256 / 8192 offline, 256 / 2048 serving (an A100 of 80 GB, which vLLM keeps at these, is not told
+    apart by memory alone). --engine-kwargs max_num_seqs / max_num_batched_tokens win."""
+    kw = spec.engine_kwargs
+    gib = (device_bytes or 0) / 2**30
+    if spec.device == "cpu":
+        seqs, tokens = (128, 2048) if serving else (256, 4096)
+        seqs, tokens = seqs * spec.tp, tokens * spec.tp
+    elif gib >= 160:
+        seqs, tokens = 1024, 16384
+    elif gib >= 70:
+        seqs, tokens = 1024, 8192 if serving else 16384
+    else:
+        seqs, tokens = 256, 2048 if serving else 8192
+    return int(kw.get("max_num_seqs") or seqs), int(kw.get("max_num_batched_tokens") or tokens)
+
+
 def loads_problem(model: str, device: str) -> str | None:
     """vLLM loads a GGUF file directly where its build has the GGUF quantisation (vLLM 0.26 on GPUs;
     the CPU build 0.32 has none)."""
