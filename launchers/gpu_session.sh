@@ -16,8 +16,7 @@
 #   PY=.venv/bin/python launchers/gpu_session.sh check   here, before the session: every flag known?
 #
 # Every engine run has its own PYTHONPATH (the vLLM and SGLang bundles pin different transformers,
-# xgrammar and openai). Lines marked "FLAGS: confirm" use flags of issues 27-29 that were not final
-# when this was written: check them against `python -m evaluator --help` on the merged main.
+# xgrammar and openai). `check` confirms every module and flag the steps use exists in this checkout.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 S=${GPU_SESSION_TMP:-/tmp/gpu}; R=${GPU_SESSION_RESULTS:-results/gpu}; CARRY=.bundle-gpu/carry
@@ -37,8 +36,10 @@ PREFIX='synthetic:n=600,in=2000,out=200,prefix=1500,prefixes=8,seed=1'
 SLO=(--slo-ttft-ms 1000 --slo-tpot-ms 50 --slo-percentile 90)
 # The new serving method (issue 27): an untimed warm-up, levels of at least 20 s, the boundary
 # probes repeated for the capacity's interval.
-FRESH=(--warmup-requests 32 --level-min-s 20)                                 # FLAGS: confirm
-CAPACITY=(--capacity --capacity-start 8 --capacity-levels 7 --capacity-repeats 3)   # FLAGS: confirm
+FRESH=(--warmup-requests 32 --level-min-s 15)
+CAPACITY=(--capacity --capacity-start 8 --capacity-levels 8 --capacity-repeats 2)   # 8 runs, repeats included
+# the demo's served level answers every problem once (paired with the offline run on all 1319)
+DEMO_SERVE=(--concurrency 128 --level-prompts all --warmup-requests 32 --level-min-s 0)
 DEMO_RUN=(--max-tokens 512 --max-model-len 2048)
 
 # DRY=1: print each command instead (`dry`, `check`)
@@ -84,20 +85,20 @@ run_step() {   # the commands of one step; its output goes to $R/logs/STEP.log
     sgl_py -m evaluator --engine sglang --model "$Q7" --data "$DATA" --workload serve \
         --capacity --capacity-start 16 --capacity-levels 5 --capacity-repeats 2 "${FRESH[@]}" "${SLO[@]}" \
         --max-tokens 256 --ignore-eos --max-model-len 4096 --engine-kwargs "$SGL_KW" \
-        --output-dir "$R/p2" --run-id sglang-7b-capacity-gsm8k --no-table ;;            # FLAGS: confirm
+        --output-dir "$R/p2" --run-id sglang-7b-capacity-gsm8k --no-table ;;
   p2-vllm-gsm8k)
     vllm_py -m evaluator --engine vllm --model "$Q7" --data "$DATA" --workload serve \
         --capacity --capacity-start 16 --capacity-levels 5 --capacity-repeats 2 "${FRESH[@]}" "${SLO[@]}" \
         --max-tokens 256 --ignore-eos --max-model-len 4096 \
-        --output-dir "$R/p2" --run-id vllm-7b-capacity-gsm8k --no-table ;;              # FLAGS: confirm
+        --output-dir "$R/p2" --run-id vllm-7b-capacity-gsm8k --no-table ;;
   p1-sglang)        # item 1: the demo model, all 1319 problems, offline and served, SGLang's defaults (CUDA graphs)
     sgl_py -m evaluator.compare --engines sglang --gpus 1 --modes single --workload both --no-warmup \
         --model "$DEMO" --data "$DATA" --out "$R/p1-sglang" --engine-kwargs-for "sglang=$SGL_KW" \
-        -- "${DEMO_RUN[@]}" --concurrency 128 "${FRESH[@]}" ;;                           # FLAGS: confirm
+        -- "${DEMO_RUN[@]}" "${DEMO_SERVE[@]}" ;;
   p1-vllm)          # vLLM's defaults: compiled, CUDA graphs (no enforce_eager, unlike 2026-12-01)
     vllm_py -m evaluator.compare --engines vllm --gpus 1 --modes single --workload both --no-warmup \
         --model "$DEMO" --data "$DATA" --out "$R/p1-vllm" \
-        -- "${DEMO_RUN[@]}" --concurrency 128 "${FRESH[@]}" ;;                           # FLAGS: confirm
+        -- "${DEMO_RUN[@]}" "${DEMO_SERVE[@]}" ;;
   p1-reference)     # the transformers reference engine, for McNemar against it (4.6 min at batch 96 on 2026-12-01)
     vllm_py -m evaluator.compare --engines hf --gpus 1 --modes single --workload offline \
         --model "$DEMO" --data "$DATA" --out "$R/p1-reference" --engine-kwargs-for 'hf={"batch_size": 256}' \
@@ -106,38 +107,37 @@ run_step() {   # the commands of one step; its output goes to $R/logs/STEP.log
     local dirs=() d; for d in p1-vllm p1-sglang p1-reference p5-vllm p5-sglang; do [ -d "$R/$d" ] && dirs+=("$R/$d"); done
     local base=(); [ -d "$R/p1-reference/hf-single" ] && base=(--baseline hf-single)
     [ -n "${DRY:-}" ] && dirs=("$R/p1-vllm" "$R/p1-sglang")
-    local cmd=(-m evaluator.report "${dirs[@]}" --compare "${base[@]}" --html "$R/$1.html")   # FLAGS: confirm (--html)
+    local cmd=(-m evaluator.report "${dirs[@]}" --compare "${base[@]}" --html "$R/$1.html")
     if [ -n "${DRY:-}" ]; then vllm_py "${cmd[@]}"; else vllm_py "${cmd[@]}" > "$R/$1.txt" 2>&1; local rc=$?; tail -n 40 "$R/$1.txt"; return $rc; fi ;;
   p3-profile)       # item 3: profile one device, predict single's serving levels and capacity, measure, print the error
     vllm_py -m evaluator.profile --engine vllm --model "$Q7" --gpus 1 --max-model-len 4096 \
-        --out "$R/p3/profile-vllm-7b.json" &&                                              # FLAGS: confirm
+        --out "$R/p3/profile-vllm-7b.json" &&
     vllm_py -m evaluator.compare --engines vllm --gpus 1 --modes single --workload serve --no-warmup \
         --predict --profile "$R/p3/profile-vllm-7b.json" --measure-top 1 \
         --model "$Q7" --data "$DATA" --out "$R/p3/compare" \
-        -- --traffic "$LONG" --concurrency 1,16,64,256 "${FRESH[@]}" "${SLO[@]}" --max-model-len 4096 ;;  # FLAGS: confirm
+        -- --traffic "$LONG" --concurrency 1,16,64,256 "${FRESH[@]}" "${SLO[@]}" --max-model-len 4096 ;;
   p4-vllm)          # item 4: the tool's own cost: generate <= 1.02x the bare engine; server in Ray vs bare within 2%
     vllm_py -m evaluator.bench --engine vllm --gpus 1 --model "$Q7" --data "$DATA" --limit 1319 --max-tokens 256 \
         --ignore-eos --max-model-len 2048 --repeats 2 --shardings contiguous --out "$R/p4" &&
     vllm_py -m evaluator.bench.fidelity --engine vllm --model "$Q7" --data "$DATA" --limit 256 --max-tokens 128 \
         --concurrency 16,64 --repeats 2 --max-model-len 2048 --out "$R/p4" ;;
   p4-sglang)
+    # evaluator.bench.fidelity (the server in Ray against the bare server) is vLLM's only so far
     sgl_py -m evaluator.bench --engine sglang --gpus 1 --model "$Q7" --data "$DATA" --limit 1319 --max-tokens 256 \
-        --ignore-eos --max-model-len 2048 --repeats 2 --shardings contiguous --engine-kwargs "$SGL_KW" --out "$R/p4" &&
-    sgl_py -m evaluator.bench.fidelity --engine sglang --model "$Q7" --data "$DATA" --limit 256 --max-tokens 128 \
-        --concurrency 16,64 --repeats 2 --max-model-len 2048 --engine-kwargs "$SGL_KW" --out "$R/p4" ;;  # FLAGS: confirm (fidelity: vllm only at 0615596)
+        --ignore-eos --max-model-len 2048 --repeats 2 --shardings contiguous --engine-kwargs "$SGL_KW" --out "$R/p4" ;;
   p5-vllm)          # item 5: online FP8 beside bf16 (offline: speed and McNemar), then --deterministic, offline and served
     vllm_py -m evaluator.compare --engines vllm --gpus 1 --modes single --workload offline --no-warmup --quantized fp8 \
-        --model "$DEMO" --data "$DATA" --out "$R/p5-vllm/fp8" -- "${DEMO_RUN[@]}" &&        # FLAGS: confirm
+        --model "$DEMO" --data "$DATA" --out "$R/p5-vllm/fp8" -- "${DEMO_RUN[@]}" &&
     vllm_py -m evaluator.compare --engines vllm --gpus 1 --modes single --workload both --no-warmup \
         --model "$DEMO" --data "$DATA" --out "$R/p5-vllm/deterministic" \
-        -- "${DEMO_RUN[@]}" --concurrency 128 "${FRESH[@]}" --deterministic ;;
+        -- "${DEMO_RUN[@]}" "${DEMO_SERVE[@]}" --deterministic ;;
   p5-sglang)
     sgl_py -m evaluator.compare --engines sglang --gpus 1 --modes single --workload offline --no-warmup --quantized fp8 \
         --model "$DEMO" --data "$DATA" --out "$R/p5-sglang/fp8" --engine-kwargs-for "sglang=$SGL_KW" \
-        -- "${DEMO_RUN[@]}" &&                                                                # FLAGS: confirm
+        -- "${DEMO_RUN[@]}" &&
     sgl_py -m evaluator.compare --engines sglang --gpus 1 --modes single --workload both --no-warmup \
         --model "$DEMO" --data "$DATA" --out "$R/p5-sglang/deterministic" --engine-kwargs-for "sglang=$SGL_KW" \
-        -- "${DEMO_RUN[@]}" --concurrency 128 "${FRESH[@]}" --deterministic ;;
+        -- "${DEMO_RUN[@]}" "${DEMO_SERVE[@]}" --deterministic ;;
   *) echo "no step $1 (steps: $PLAN)" >&2; return 2 ;;
   esac
 }
