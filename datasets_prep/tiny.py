@@ -99,12 +99,17 @@ def make_tiny_model(out: Path, seed: int = 0, layers: int = 2) -> Path:
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config).to(torch.bfloat16)
     model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad, bos_token_id=pad)
+    os.replace(_saved(model, tokenizer, out), out)
+    return out
+
+
+def _saved(model, tokenizer, out: Path) -> Path:
+    """model and tokenizer written into a hidden folder beside out (renamed onto out by the caller)."""
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    os.replace(tmp, out)
-    return out
+    return tmp
 
 
 def make_tiny_llama_model(out: Path, seed: int = 0, layers: int = 2) -> Path:
@@ -125,10 +130,7 @@ def make_tiny_llama_model(out: Path, seed: int = 0, layers: int = 2) -> Path:
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad, bos_token_id=bos)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
+    tmp = _saved(model, tokenizer, out)
     # the flag Llama 2, Mistral and Gemma tokenizers carry, for loaders that read it rather than the
     # post-processor (transformers 5 does not write it back)
     config_path = tmp / "tokenizer_config.json"

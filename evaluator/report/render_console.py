@@ -11,16 +11,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from evaluator.report.model import AnswerGroup, PairEntry, Report, Score
+from evaluator.report.serving import LEGEND
 
 EQUIVALENCE_NOTE = ("identical output = same first answer text; same answer = same flexible prediction; "
                     "p = two-sided exact McNemar test on the prompts only one of the two got right "
-                    "(p ≥ 0.05: the difference can be noise).")
+                    "(p ≥ 0.05: the difference can be noise); a serving run is paired on the prompts both runs "
+                    "answered (its levels each sent fresh prompts).")
 TIMING_NOTE = ("straggler gap = (slowest - fastest replica generate s) / slowest; "
                "faster than baseline = prompt counts at which the layout beats the baseline in total time "
                "(from N: its extra start-up is repaid there).")
-LEVELS_NOTE = ("TTFT = request sent to first token; TPOT = (end-to-end - TTFT) / (output tokens - 1); ITL = "
-               "gaps between streamed chunks; tok/s/user = mean 1/TPOT; goodput = requests/s meeting every SLO "
-               "given (= req/s without SLOs); tokens from the server's usage.")
+LEVELS_NOTE = LEGEND          # the levels' legend: window, percentile rule, columns
 
 
 # --- cells shared with the other renderers ------------------------------------------------------

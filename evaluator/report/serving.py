@@ -7,10 +7,7 @@ the throughput-latency picture (output tok/s per GPU against tok/s per user, a l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
 
 from evaluator.report.runs import FoundRun, run_label
 from evaluator.serving.metrics import PERCENTILE_RULE
@@ -124,35 +121,6 @@ def level_columns(price_per_gpu_hour: float | None) -> list[tuple[str, object]]:
         cols.append(("cost/M tok", lambda l: _f(cost_per_million_at(l["gpus"], l["output_tokens_per_s"],
                                                                     price_per_gpu_hour), ".2f")))
     return cols
-
-
-def level_rows(runs: list[FoundRun], price_per_gpu_hour: float | None = None) -> list[tuple[str, list[str]]]:
-    served = serving_runs(runs)
-    cols = level_columns(price_per_gpu_hour)
-    out = []
-    for r in served:
-        for i, level in enumerate(r.summary.levels):
-            out.append((run_label(r, served) if i == 0 else "", [cell(level) for _, cell in cols]))
-    return out
-
-
-def print_levels(runs: list[FoundRun], console: Console, price_per_gpu_hour: float | None = None) -> None:
-    served = serving_runs(runs)
-    if not served:
-        return
-    t = Table(title="Serving: per layout and load level")
-    t.add_column("layout", justify="left")
-    cols = level_columns(price_per_gpu_hour)
-    for name, _ in cols:
-        t.add_column(name, justify="left" if name == "level" else "right")
-    for r in served:
-        for i, level in enumerate(r.summary.levels):
-            t.add_row(run_label(r, served) if i == 0 else "", *(cell(level) for _, cell in cols),
-                      end_section=i == len(r.summary.levels) - 1)
-    console.print(t)
-    console.print(LEGEND, style="dim", highlight=False)
-    for line in sentences(served, price_per_gpu_hour):
-        console.print(line, highlight=False, markup=False)
 
 
 def _slo_text(r: FoundRun) -> str:
@@ -324,12 +292,3 @@ class Curve:
     levels: list[str]
 
 
-def write_tradeoff_plot(runs: list[FoundRun], path: Path) -> Path | None:
-    from evaluator.report.plot import plot_tradeoff
-    served = serving_runs(runs)
-    if not served:
-        return None
-    curves = [Curve(run_label(r, served), [l["tokens_per_s_per_user"] or 0.0 for l in r.summary.levels],
-                    [l["output_tokens_per_s_per_gpu"] for l in r.summary.levels],
-                    [l["level"] for l in r.summary.levels]) for r in served]
-    return plot_tradeoff(curves, path)
