@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "the flags); with --workload both, serving-only flags (--concurrency, --request-rate, "
                     "--level-prompts, --slo-*, traffic and capacity flags) go to the serving runs only.",
         epilog="Example: python -m evaluator.compare --engines vllm,sglang --gpus 4 --model M --data D "
-               "--workload both -- --limit 256 --concurrency 1,16,64. After a kill, run it again with "
-               "--resume OUT: finished layouts are kept, the interrupted one is resumed, from the saved plan.",
+               "--workload both -- --concurrency 1,16,64 (8 fresh requests a slot per level: 648 of GSM8K's "
+               "1319). After a kill, run it again with --resume OUT: finished layouts are kept, the "
+               "interrupted one is resumed, from the saved plan.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--engines", default="vllm", help="comma-separated engines, e.g. vllm,sglang (hf: the "
                                                      "transformers reference engine, single and DP only)")
