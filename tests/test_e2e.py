@@ -187,4 +187,4 @@ def test_report_prints_every_run(layout_runs):
     single = summaries[0]
     for s in summaries:
         assert by_id[s.run_id]["speedup"] == pytest.approx(single.generate_s / s.generate_s)
-        assert f"{single.generate_s / s.generate_s:.2f}" in next(l for l in table_rows if s.config.layout in l)
+        assert f"{single.generate_s / s.generate_s:.2f}" in next(l for l in table_rows if s.config.layout.label in l)

@@ -223,7 +223,8 @@ def test_the_comparison_writes_a_page_a_browser_reads(comparison, browser, tmp_p
     out = comparison["out"]
     report = model.read_json(out / "report.json")
     assert {Path(e.path).name for e in report.runs} == {"hf-dp2", "hf-single", "vllm-dp2", "vllm-dp2-serve",
-                                                        "vllm-single", "vllm-single-serve", "vllm-tp2", "vllm-tp2-serve"}
+                                                        "vllm-single", "vllm-single-serve", "vllm-tp2", "vllm-tp2-serve",
+                                                        "vllm-dp2-router-round_robin-serve"}
     assert any(s.label == "hf 1x2" and "hf has no tensor parallelism" in s.reason for s in report.skipped)
     assert report.commands and report.commands[0].startswith("python -m evaluator.compare --engines vllm,sglang,hf")
     assert "--resume" in report.commands[-1]          # the fixture's comparison was killed and resumed

@@ -160,17 +160,18 @@ def test_requests_reach_both_workers_through_the_router(served):
     servers = sorted((r for r in rd.read_replicas() if r["rank"] >= 0), key=lambda r: r["rank"])
     assert router["router"] == "vllm-router" and router["policy"] == "round_robin"
     assert router["workers"] == [s["url"] for s in servers] and router["url"] not in router["workers"]
-    # the router's own count: 2 levels x 13 requests, round robin = half each
-    assert router["routed"] == {s["url"]: 13.0 for s in servers}, router
-    for level in summary.levels:
-        assert level["requests"] == level["ok"] == 13 and level["errors"] == 0
+    # the router's own count: c=1 sends 2 fresh requests, c=4 8 (--level-prompts 2x), round robin = half
+    # each (the warm-up went to each worker directly, not through the router)
+    assert router["routed"] == {s["url"]: 5.0 for s in servers}, router
+    for level, planned in zip(summary.levels, (2, 8)):
+        assert level["requests"] == level["ok"] == planned and level["errors"] == 0
         per_worker = level["server"]["servers"]              # each worker's own /metrics, scraped from it
         assert sorted(per_worker) == ["0", "1"] or sorted(per_worker) == [0, 1], per_worker
         assert all(w["ttft_count"] >= 1 for w in per_worker.values()), per_worker
-        assert sum(w["ttft_count"] for w in per_worker.values()) == 13
+        assert sum(w["ttft_count"] for w in per_worker.values()) == planned
     lines = rd.read_requests()
-    assert len(lines) == 26 and all(l["ok"] and l["replica"] == -1 for l in lines), "sent to the router, not a server"
-    assert len(rd.read_samples()) == 13 and summary.flexible_accuracy is not None
+    assert len(lines) == 10 and all(l["ok"] and l["replica"] == -1 for l in lines), "sent to the router, not a server"
+    assert len(rd.read_samples()) == 10 and summary.flexible_accuracy is not None
     assert (rd.path / "logs" / "router-attempt1.log").read_text().strip()
     md = (served / "report.md").read_text()
     assert "vllm 2x1 router round_robin serve" in md and "- sglang 2x1 router round_robin serve: " in md
@@ -183,7 +184,8 @@ def test_a_sigkilled_router_run_leaves_nothing_and_resumes(tiny_model, gsm8k_par
     argv = ["-m", "evaluator", "--engine", "vllm", "--device", "cpu", "--model", str(tiny_model), "--data",
             str(gsm8k_parquet), "--output-dir", str(tmp_path), "--run-id", "cut", "--workload", "serve", *FAST_CPU,
             "--dp", "2", "--dp-backend", "router", "--router-policy", "power_of_two", "--limit", "6",
-            "--max-tokens", "48", "--ignore-eos", "--concurrency", "1,2"]
+            "--max-tokens", "48", "--ignore-eos", "--concurrency", "1,2", "--level-prompts", "3",
+            "--level-min-s", "0", "--warmup-requests", "2"]
     proc = subprocess.Popen(["flock", LOCK, sys.executable, *argv], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -207,8 +209,9 @@ def test_a_sigkilled_router_run_leaves_nothing_and_resumes(tiny_model, gsm8k_par
     assert r.returncode == 0, r.stderr[-4000:]
     summary = rd.read_summary()
     assert summary.config.layout == Layout(2, 1, dp_backend="router", router_policy="power_of_two")
-    assert [l["level"] for l in summary.levels] == ["c=1", "c=2"] and summary.resumed_prompts == 6
+    # each level sends 3 fresh prompts: c=1 was on disk, c=2 is what the resumed attempt sent
+    assert [l["level"] for l in summary.levels] == ["c=1", "c=2"] and summary.resumed_prompts == 3
     second = router_record(rd)
     assert second["pid"] != first["pid"] and second["policy"] == "power_of_two"
-    assert sum(second["routed"].values()) == 6, "the resumed attempt sent only the unfinished level"
+    assert sum(second["routed"].values()) == 3, "the resumed attempt sent only the unfinished level"
     assert not psutil.pid_exists(second["pid"]) and engine_processes() == []

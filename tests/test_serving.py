@@ -136,7 +136,8 @@ def test_a_hung_server_is_found_and_its_requests_rerouted(tiny_model, gsm8k_parq
     victim = next(r for r in placed if r["rank"] == 1)
     assert status_of(victim["url"] + "/v1/models") == 401
     assert status_of(victim["url"] + "/v1/models", {"Authorization": "Bearer not-the-key"}) == 401
-    wait_for(lambda: served_requests(victim["url"]) >= 1, proc, 300, "replica 1's first answered request", every=0.05)
+    # the warm-up's requests (SERVE: 2 a server) come first: wait for one of the level's
+    wait_for(lambda: served_requests(victim["url"]) >= 3, proc, 300, "replica 1's first answered request", every=0.05)
     os.kill(victim["server_pid"], signal.SIGSTOP)
     stdout, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stderr[-4000:]

@@ -46,8 +46,9 @@ class RandomPrompts:
         texts = tokenizer.batch_decode([[i] for i in ids])
         self.ids = [i for i, t in zip(ids, texts) if t.strip() and t.isprintable() and "\ufffd" not in t] or ids
 
-    def make(self, count: int, tokens: int) -> list[str]:
-        return [self.one(tokens) for _ in range(count)]
+    def make(self, count: int, tokens: int) -> list[list[int]]:
+        """count prompts as the token ids the engines take (tokenised once, no special tokens)."""
+        return [self.tokenizer.encode(self.one(tokens), add_special_tokens=False) for _ in range(count)]
 
     def one(self, tokens: int) -> str:
         """At most `tokens` tokens once encoded again (decoded neighbours can merge or split)."""
@@ -114,7 +115,7 @@ def measure(cfg: RunConfig, batches: list[int], contexts: list[int], decode_toke
         workload = None
         if not cfg.sampling.ignore_eos and cfg.workload == "offline":
             sample = load_prompts(cfg.data, cfg.model_folder, min(cfg.limit or 16, 16))
-            out = host.generate([p.text for p in sample], cfg.sampling)
+            out = host.generate([p.token_ids for p in sample], cfg.sampling)
             workload = Workload(len(sample), sum(p.prompt_tokens for p in sample) / len(sample),
                                 sum(c.completion_tokens for c in out) / len(out),
                                 f"the first {len(sample)} prompts of {cfg.data}, generated with the run's sampling")
