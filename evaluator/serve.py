@@ -353,11 +353,13 @@ class LevelRunner:
         for pos, why in endpoints.dead.items():   # a server the client found dead: end it
             self.pool.fail(live[pos], f"server stopped answering: {why}")
         self.refuse_rejected(results)
-        self.run_dir.append_requests([{**r.to_dict(), "attempt": self.attempt} for r in results])
-        self.done[level.label] = duration_s
         self.notes[level.label] = {"server": scraper.summary(), **self.work.mismatches(supply.requests, results),
                                    "planned": len(supply.requests), "template_share": self.work.template_share(supply.requests),
                                    "traffic_repeats": self.work.repeats(), "warmup": self.warmup_note or None}
+        self.done[level.label] = duration_s
+        # the level's requests, then at once the note that it finished (what a resume keeps): nothing
+        # slow between the two, so a kill between them is unlikely (and then costs only this level)
+        self.run_dir.append_requests([{**r.to_dict(), "attempt": self.attempt} for r in results])
         self.run_dir.note_attempt(self.attempt, levels_done={**self.done}, level_notes={**self.notes})
         rec = level_record(results, duration_s, self.cfg, self.work, self.notes[level.label])
         self.listener(LevelDone(level.label, f"{rec['request_per_s']:.2f} req/s, {rec['output_tokens_per_s']:.0f} tok/s "
