@@ -171,6 +171,10 @@ def test_a_probe_holds_at_confidence_and_an_unsure_one_is_repeated():
     cap = capacity(probes, 0.1, {4: fast, 8: edge, 16: slow}, 90, slo, None, 0.9)
     low, high = cap.ci
     assert 4 <= low <= cap.estimate <= high <= 16 and cap.confidence == 0.9
+    # a search that stopped with held 4 and missed 16 (bracket 4x, not within its tolerance): the
+    # interpolated crossing alone would claim a narrow interval; it claims no more than the bracket
+    far = capacity(probes[::2], 0.1, {4: fast, 16: slow}, 90, slo, None, 0.9)
+    assert not far.converged and far.ci == (4, 16) and 4 < far.estimate < 16
 
 
 def test_a_sessions_second_turn_goes_before_queued_first_turns():

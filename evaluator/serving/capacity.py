@@ -218,6 +218,10 @@ def capacity(probes: Sequence[Probe], tolerance: float, samples: dict[float, Seq
     values = np.array([0.0 if f is None else f for f in found])
     low, high = (float(np.quantile(values, alpha, method=PERCENTILE_METHOD)),
                  float(np.quantile(values, 1 - alpha, method=PERCENTILE_METHOD)))
+    if not cap.converged and cap.rate is not None and cap.lowest_failed is not None:
+        # the crossing between two probes far apart is an interpolation, not a measurement: where
+        # the search stopped short of its tolerance, the interval claims no more than the bracket
+        low, high = min(low, cap.rate), max(high, cap.lowest_failed)
     above = point is not None and point >= rates[-1]
     return Capacity(cap.rate, cap.lowest_failed, cap.probes, cap.converged, point,
                     (low if low > 0 else None, high if high > 0 else None), confidence, cap.repeats, above)
