@@ -278,7 +278,7 @@ def interval_text(c: dict) -> str:
 
 def probes_text(c: dict) -> str:
     runs = c.get("runs") or len(c.get("probes") or ())
-    text = f", {runs} probes" + (f", {c['repeats']} repeats at the boundary" if c.get("repeats") else "")
+    text = f", {runs} probes" + (f", {c['repeats']} repeat{'s' if c['repeats'] != 1 else ''} at the boundary" if c.get("repeats") else "")
     if c.get("stopped"):
         text += f", stopped early: {c['stopped']}"
     return text
