@@ -278,9 +278,3 @@ def _verdict(group: list[FoundRun], ea: str, eb: str, cache: dict) -> EngineVerd
                          paths=tuple(str(r.path) for r in best),
                          comparable=comparable, differences=diffs, best=winner, beyond_intervals=beyond,
                          sentence=sentence)
-
-
-def sentences(runs: list[FoundRun]) -> list[str]:
-    """The engine verdicts, then what deterministic mode and quantisation cost: the report's lines."""
-    from evaluator.report.variants import variant_costs
-    return [v.sentence for v in verdicts(runs)] + [c.sentence for c in variant_costs(runs)]
