@@ -37,7 +37,8 @@ SLO=(--slo-ttft-ms 1000 --slo-tpot-ms 50 --slo-percentile 90)
 # The new serving method (issue 27): an untimed warm-up, levels of at least 20 s, the boundary
 # probes repeated for the capacity's interval.
 FRESH=(--warmup-requests 32 --level-min-s 15)
-CAPACITY=(--capacity --capacity-start 8 --capacity-levels 8 --capacity-repeats 2)   # 8 runs, repeats included
+# 8 runs, repeats included; CAPACITY_LEVELS=6 at `start` shortens a search for a session with less device time
+CAPACITY=(--capacity --capacity-start 8 --capacity-levels "${CAPACITY_LEVELS:-8}" --capacity-repeats 2)
 # the demo's served level answers every problem once (paired with the offline run on all 1319)
 DEMO_SERVE=(--concurrency 128 --level-prompts all --warmup-requests 32 --level-min-s 0)
 DEMO_RUN=(--max-tokens 512 --max-model-len 2048)
