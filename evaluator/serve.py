@@ -485,7 +485,9 @@ def capacity_record(cfg: RunConfig, levels: list[Level], by_level, keep, records
     low, high = cap.ci if cap.ci else (None, None)
     return {"rate": cap.rate, "lowest_failed": cap.lowest_failed, "converged": cap.converged,
             "per_gpu": cap.rate / gpus if cap.rate else None,
-            "output_tokens_per_s": held.output_tokens_per_s if held else None,
+            # the held rate's output (rate x tokens per request): the cost per million tokens reads it
+            "output_tokens_per_s": held.sustained_tokens_per_s if held else None,
+            "output_tokens_per_s_streamed": held.output_tokens_per_s if held else None,
             "percentile": sv.slo_percentile, "confidence": sv.slo_confidence,
             "estimate": cap.estimate, "ci_low": low, "ci_high": high, "above_range": cap.above_range,
             "repeats": cap.repeats, "runs": len(levels), "stopped": stopped,

@@ -11,6 +11,7 @@ own servers are tested in test_serving.py and test_traffic_serving.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -98,6 +99,10 @@ def test_a_capacity_search_never_re_sends_a_probes_requests(shared_ray, tiny_mod
     cap = summary.capacity
     assert cap["runs"] == len(summary.levels) >= 2 and cap["confidence"] == 0.9
     assert cap["stopped"] is None or "no fresh request left" in cap["stopped"]
+    if cap["rate"] is not None:   # the held rate's output: 4 tokens a request (the fake's), none failed there
+        held = next(p for p in cap["probes"] if p["rate"] == cap["rate"])
+        assert cap["output_tokens_per_s"] == pytest.approx(cap["rate"] * 4 * (1 - held["failed"] / held["requests"]))
+        assert cap["output_tokens_per_s_streamed"] == held["output_tokens_per_s"]
 
 
 def test_fixed_levels_that_need_more_than_the_pool_are_refused_before_anything_starts(gsm8k_parquet, tiny_model,
@@ -150,6 +155,26 @@ def test_a_level_with_timeouts_has_an_infinite_p99_in_the_table_and_the_judge_ag
     probe = judge([window_results(results, 4.0)], 10.0, 4.0, 90, 100, None)
     assert probe.ttft_ms == rec["ttft_ms_p90"]
     assert percentile([1, 2, 3, math.inf], 90) == math.inf
+
+
+def test_a_held_rates_output_is_the_rate_times_the_tokens_not_what_streamed_in_a_short_window():
+    """Seen on an H200 (SGLang, 7B, 2,000 in / 200 out): at 19 req/s, held, requests live about
+    10 s, so a 15 s level never reaches its plateau and the window [7.4, 15] s streamed 964 tok/s,
+    a quarter of the 3,800 the server sustains at that rate (19 x 200); the capacity's cost per
+    million tokens came from that figure. Here: 10 req/s for 10 s, 20 tokens each, decoded over 12 s
+    after a first token at 0.1 s (longer than the arrivals: the in-flight count rises throughout). A held rate's output is rate x tokens per sent request (a failed
+    one giving none); the window's streamed figure is kept beside it."""
+    from evaluator.serving.capacity import judge
+    gaps = (12.0 / 19,) * 19
+    results = [_r(i, i * 0.1, i * 0.1 + 12.1, ttft=0.1, level="rate=10/s", itl=gaps) for i in range(100)]
+    results = [dataclasses.replace(r, completion_tokens=20) for r in results]
+    results[-1] = _r(99, 9.9, 10.5, ok=False, level="rate=10/s")
+    window = window_results(results, 22.0)
+    rec = level_figures(results, 22.0, 1, None, None)
+    probe = judge([window], 10.0, 22.0, 90, 1000, None, output_tokens_per_s=rec["output_tokens_per_s"])
+    ok = sum(r.ok for r in window)
+    assert probe.sustained_tokens_per_s == pytest.approx(10.0 * 20 * ok / len(window))
+    assert probe.output_tokens_per_s == rec["output_tokens_per_s"] < 0.8 * probe.sustained_tokens_per_s
 
 
 def test_a_probe_holds_at_confidence_and_an_unsure_one_is_repeated():

@@ -49,6 +49,10 @@ class Probe:
     tpot_ms_ci: tuple[float, float] | None = None
     runs: int = 1                      # levels pooled at this rate (1 + repeats)
     failed: int = 0                    # failed or timed-out requests among `requests`
+    # rate x output tokens per sent request (a failed one: none): what the server delivers while it
+    # keeps up with this rate. output_tokens_per_s is what streamed inside the window, which falls
+    # short of it when requests outlive a level that never reached its plateau.
+    sustained_tokens_per_s: float | None = None
 
 
 def round_rate(rate: float) -> float:
@@ -105,8 +109,9 @@ def judge(runs: Sequence[Sequence[RequestResult]], rate: float, duration_s: floa
     if output_tokens_per_s is None:
         tokens = sum(r.completion_tokens for r in results if r.ok)
         output_tokens_per_s = tokens / duration_s if duration_s > 0 else 0.0
+    sustained = rate * sum(r.completion_tokens for r in results if r.ok) / len(results)
     return Probe(rate, verdict == "held" or (verdict == "unsure" and point), t1, t2, output_tokens_per_s,
-                 len(results), verdict, c1, c2, len(runs), sum(not r.ok for r in results))
+                 len(results), verdict, c1, c2, len(runs), sum(not r.ok for r in results), sustained)
 
 
 def bracket(probes: Sequence[Probe]) -> tuple[float | None, float | None]:
