@@ -476,8 +476,10 @@ def capacity_record(cfg: RunConfig, levels: list[Level], by_level, keep, records
     for rate, runs in by_rate.items():
         windows = [window_results(by_level[lv.label], keep[lv.label][1]) for lv in runs]
         tok_s = sum(record_of[lv.label]["output_tokens_per_s"] for lv in runs) / len(runs)
-        probes.append(search.judge(windows, rate, keep[runs[0].label][1], sv.slo_percentile, sv.slo_ttft_ms,
-                                   sv.slo_tpot_ms, sv.slo_confidence, output_tokens_per_s=tok_s))
+        settled = [(record_of[lv.label].get("window") or {}).get("settled") for lv in runs]
+        probe = search.judge(windows, rate, keep[runs[0].label][1], sv.slo_percentile, sv.slo_ttft_ms,
+                             sv.slo_tpot_ms, sv.slo_confidence, output_tokens_per_s=tok_s)
+        probes.append(dataclasses.replace(probe, settled=None if None in settled else all(settled)))
         samples[rate] = [r for w in windows for r in w]
     cap = search.capacity(probes, sv.capacity_tolerance, samples, sv.slo_percentile, sv.slo_ttft_ms, sv.slo_tpot_ms,
                           sv.slo_confidence, seed=cfg.sampling.seed)

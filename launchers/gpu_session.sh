@@ -36,7 +36,7 @@ PREFIX='synthetic:n=600,in=2000,out=200,prefix=1500,prefixes=8,seed=1'
 SLO=(--slo-ttft-ms 1000 --slo-tpot-ms 50 --slo-percentile 90)
 # The new serving method (issue 27): an untimed warm-up, levels of at least 20 s, the boundary
 # probes repeated for the capacity's interval.
-FRESH=(--warmup-requests 32 --level-min-s 15)
+FRESH=(--warmup-requests 32 --level-min-s "${LEVEL_MIN_S:-30}")   # 2026-12-03: 15 s levels were short for 10 s requests
 # 8 runs, repeats included; CAPACITY_LEVELS=6 at `start` shortens a search for a session with less device time
 CAPACITY=(--capacity --capacity-start 8 --capacity-levels "${CAPACITY_LEVELS:-8}" --capacity-repeats 2)
 # the demo's served level answers every problem once (paired with the offline run on all 1319)
@@ -51,7 +51,7 @@ log() { echo "== $(date +%T) $*" | tee -a "$R/steps.log"; }
 # The plan, in priority order (issue 31's items 1-5), except that the SGLang capacity run goes
 # first: its pieces (SGLang, Ray, the tokenizer) arrive in the first calls, the demo model's GGUF
 # and vLLM later, so it fills the GPU while they are carried instead of leaving it idle.
-PLAN="p2-sglang-long p1-sglang p1-vllm p1-report p2-vllm-long p1-reference p2-sglang-prefix p2-vllm-prefix
+PLAN="p2-sglang-long p1-sglang p1-vllm p1-vllm-triton p1-report p2-vllm-long p1-reference p2-sglang-prefix p2-vllm-prefix
       p3-profile p4-vllm p4-sglang p5-vllm p5-sglang p2-sglang-gsm8k p2-vllm-gsm8k report"
 
 needs() {   # pieces (DEST/have/NAME, made by join) and models (made by the prep lane) a step waits for
@@ -59,7 +59,7 @@ needs() {   # pieces (DEST/have/NAME, made by join) and models (made by the prep
     p2-sglang-*|p4-sglang) echo "sglang ray data q7" ;;
     p2-vllm-*|p3-profile|p4-vllm) echo "vllm ray data q7" ;;
     p1-sglang|p5-sglang) echo "sglang ray data demo" ;;
-    p1-vllm|p1-reference|p5-vllm) echo "vllm ray data demo" ;;
+    p1-vllm|p1-vllm-triton|p1-reference|p5-vllm) echo "vllm ray data demo" ;;
     p1-report|report) echo "vllm" ;;
   esac
 }
@@ -100,12 +100,16 @@ run_step() {   # the commands of one step; its output goes to $R/logs/STEP.log
     vllm_py -m evaluator.compare --engines vllm --gpus 1 --modes single --workload both --no-warmup \
         --model "$DEMO" --data "$DATA" --out "$R/p1-vllm" \
         -- "${DEMO_RUN[@]}" "${DEMO_SERVE[@]}" ;;
+  p1-vllm-triton)   # like for like with the SGLang bundle (no FA3 kernels: triton attention): vLLM's Triton attention
+    vllm_py -m evaluator.compare --engines vllm --gpus 1 --modes single --workload both --no-warmup \
+        --model "$DEMO" --data "$DATA" --out "$R/p1-vllm-triton" --engine-kwargs-for 'vllm={"attention_backend": "TRITON_ATTN"}' \
+        -- "${DEMO_RUN[@]}" "${DEMO_SERVE[@]}" ;;
   p1-reference)     # the transformers reference engine, for McNemar against it (4.6 min at batch 96 on 2026-12-01)
     vllm_py -m evaluator.compare --engines hf --gpus 1 --modes single --workload offline \
         --model "$DEMO" --data "$DATA" --out "$R/p1-reference" --engine-kwargs-for 'hf={"batch_size": 256}' \
         -- "${DEMO_RUN[@]}" ;;
   p1-report|report) # the engine sentence across the engines' folders, McNemar against the reference when it ran
-    local dirs=() d; for d in p1-vllm p1-sglang p1-reference p5-vllm p5-sglang; do [ -d "$R/$d" ] && dirs+=("$R/$d"); done
+    local dirs=() d; for d in p1-vllm p1-vllm-triton p1-sglang p1-reference p5-vllm p5-sglang; do [ -d "$R/$d" ] && dirs+=("$R/$d"); done
     local base=(); [ -d "$R/p1-reference/hf-single" ] && base=(--baseline hf-single)
     [ -n "${DRY:-}" ] && dirs=("$R/p1-vllm" "$R/p1-sglang")
     local cmd=(-m evaluator.report "${dirs[@]}" --compare "${base[@]}" --html "$R/$1.html")

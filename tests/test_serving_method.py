@@ -103,6 +103,7 @@ def test_a_capacity_search_never_re_sends_a_probes_requests(shared_ray, tiny_mod
         held = next(p for p in cap["probes"] if p["rate"] == cap["rate"])
         assert cap["output_tokens_per_s"] == pytest.approx(cap["rate"] * 4 * (1 - held["failed"] / held["requests"]))
         assert cap["output_tokens_per_s_streamed"] == held["output_tokens_per_s"]
+    assert all("settled" in p for p in cap["probes"])
 
 
 def test_fixed_levels_that_need_more_than_the_pool_are_refused_before_anything_starts(gsm8k_parquet, tiny_model,
@@ -175,6 +176,24 @@ def test_a_held_rates_output_is_the_rate_times_the_tokens_not_what_streamed_in_a
     ok = sum(r.ok for r in window)
     assert probe.sustained_tokens_per_s == pytest.approx(10.0 * 20 * ok / len(window))
     assert probe.output_tokens_per_s == rec["output_tokens_per_s"] < 0.8 * probe.sustained_tokens_per_s
+
+
+def test_a_level_whose_requests_outlive_it_is_marked_unsettled_and_the_capacity_sentence_says_so():
+    """Arrivals at 10/s for 10 s of requests that each last 12 s: the in-flight count rises until
+    the arrivals end, so hardly any request finishes inside the window (flow balance well under
+    0.8): the level had not settled, and its record says so. The known-timings level (3 s requests,
+    one a second) is settled. A held probe that had not settled is named in the capacity sentence."""
+    from evaluator.report.serving import probes_text
+    rising = [_r(i, i * 0.1, i * 0.1 + 12.1, level="rate=10/s") for i in range(100)]
+    w = level_figures(rising, 20.0, 1, None, None)["window"]
+    assert w["steady"] and w["settled"] is False and w["balance"] < 0.2
+    settled = level_figures([_r(i, float(i), i + 3.0) for i in range(10)], 12.0, 1, None, None)["window"]
+    assert settled["settled"] is True and settled["balance"] == pytest.approx(7 / 8)   # ends at 3..9 s, sends at 2..9 s
+    c = {"runs": 3, "probes": [{"rate": 8.0, "passed": True, "settled": True},
+                               {"rate": 16.0, "passed": True, "settled": False},
+                               {"rate": 32.0, "passed": False, "settled": False}]}
+    assert "held at 16 req/s before in flight settled" in probes_text(c)
+    assert "settled" not in probes_text({"runs": 1, "probes": [{"rate": 8.0, "passed": True}]})   # older records
 
 
 def test_a_probe_holds_at_confidence_and_an_unsure_one_is_repeated():

@@ -61,7 +61,7 @@ def _window(l: dict) -> str:
         return "whole"
     if not w.get("steady"):
         return "whole"
-    return f"{w['end_s'] - w['start_s']:.1f}/{l.get('level_duration_s', 0):.1f}"
+    return f"{w['end_s'] - w['start_s']:.1f}/{l.get('level_duration_s', 0):.1f}" + ("↑" if w.get("settled") is False else "")
 
 
 def prefix_flag(l: dict) -> str:
@@ -103,7 +103,8 @@ LEVEL_COLUMNS = [
 
 LEGEND = ("Each level's figures are over its steady-state window (from when the requests in flight first reach their "
           "plateau to the last arrival; 'window s' = its length / the level's; 'whole' where it was too short to "
-          "stand alone), the whole level's kept in summary.json. " + PERCENTILE_RULE + "; means are over answered "
+          "stand alone; '↑' where fewer than 80% as many requests finished in it as were sent: in flight still "
+          "rising, the level shorter than it needed), the whole level's kept in summary.json. " + PERCENTILE_RULE + "; means are over answered "
           "requests. sent = requests the level sent, fresh unless marked (window: those sent inside it); failed = "
           "errors and rejections in the window (t/o: timeouts), skipped = later turns of a broken session. TTFT = "
           "request sent to first token; TPOT = (end-to-end - TTFT) / (output tokens - 1); ITL = gaps between "
@@ -279,6 +280,10 @@ def interval_text(c: dict) -> str:
 def probes_text(c: dict) -> str:
     runs = c.get("runs") or len(c.get("probes") or ())
     text = f", {runs} probes" + (f", {c['repeats']} repeat{'s' if c['repeats'] != 1 else ''} at the boundary" if c.get("repeats") else "")
+    unsettled = [p["rate"] for p in c.get("probes") or () if p.get("passed") and p.get("settled") is False]
+    if unsettled:
+        text += (f", held at {', '.join(f'{r:g}' for r in unsettled)} req/s before in flight settled (its levels "
+                 "ended while requests still piled up: a longer --level-min-s would say whether it holds)")
     if c.get("stopped"):
         text += f", stopped early: {c['stopped']}"
     return text

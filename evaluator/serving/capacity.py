@@ -53,6 +53,9 @@ class Probe:
     # keeps up with this rate. output_tokens_per_s is what streamed inside the window, which falls
     # short of it when requests outlive a level that never reached its plateau.
     sustained_tokens_per_s: float | None = None
+    # every pooled level settled (as many requests finished as were sent inside its window); False:
+    # the in-flight count was still rising when arrivals ended, so a longer level could judge otherwise
+    settled: bool | None = None
 
 
 def round_rate(rate: float) -> float:

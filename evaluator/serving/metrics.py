@@ -34,6 +34,9 @@ INF = float("inf")
 # a window shorter than this share of the level, or holding fewer requests, says little: the
 # whole level is reported instead (and the record says so)
 MIN_WINDOW_SHARE, MIN_WINDOW_REQUESTS = 0.2, 5
+# finished / sent inside the window below which the level had not settled (its in-flight count still
+# rising when arrivals ended); settled levels measured here read 0.84-1.08, unsettled ones 0.58 and less
+SETTLED_BALANCE = 0.8
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -293,6 +296,19 @@ def level_stats(results: Sequence[RequestResult], duration_s: float, gpus: int, 
                       slo_e2e_ms, whole=True)
 
 
+def flow_balance(results: Sequence[RequestResult], window: Window) -> float | None:
+    """Requests that finished inside the window per request sent inside it: about 1 once a level
+    has settled (as many leave as arrive), well below it while the in-flight count is still rising:
+    requests that outlive a level too short for them, or a server falling behind (an H200 at 19
+    req/s of 10 s requests: 5 finished of 148 sent in a 7.6 s window). None for a whole-level
+    window or one of too few requests."""
+    results = [r for r in results if not r.skipped]
+    sent = sum(window.start_s <= r.sent_s <= window.end_s for r in results)
+    if window.note or sent < MIN_WINDOW_REQUESTS:
+        return None
+    return sum(window.start_s <= end_of(r) <= window.end_s for r in results) / sent
+
+
 def window_results(results: Sequence[RequestResult], duration_s: float) -> list[RequestResult]:
     """The requests sent inside the level's steady-state window (all of them when the window is
     the whole level): the sample the capacity judge and the window's percentiles share."""
@@ -310,8 +326,10 @@ def level_figures(results: Sequence[RequestResult], duration_s: float, gpus: int
     whole = level_stats(results, duration_s, gpus, slo_ttft_ms, slo_tpot_ms)
     w = steady_window(results, duration_s)
     inside = whole if w.note else span_stats(results, w, gpus, slo_ttft_ms, slo_tpot_ms)
+    balance = flow_balance(results, w)
     return {**inside.to_dict(), "window": {"start_s": w.start_s, "end_s": w.end_s, "plateau": w.plateau,
-                                           "steady": not w.note, "note": w.note},
+                                           "steady": not w.note, "note": w.note, "balance": balance,
+                                           "settled": None if balance is None else balance >= SETTLED_BALANCE},
             "whole": whole.to_dict(), "level_duration_s": duration_s}
 
 
