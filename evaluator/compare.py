@@ -42,13 +42,13 @@ from pathlib import Path
 from rich.console import Console
 
 from evaluator.errors import UsageError
-from evaluator.layout import MODES, Candidate, Layout, candidates
+from evaluator.layout import MODES, Candidate, Layout
+from evaluator.plan import ONLINE_QUANTIZATION, candidates, evaluator_args, layout_config
 from evaluator.records import RunConfig, SamplingConfig, ServeConfig
 from launchers.engines.base import ENGINES
 
 PLAN = "compare.json"
 PLAN_VERSION = 2
-ONLINE_QUANTIZATION = ("fp8",)        # --quantized names the engines quantise to themselves (no checkpoint file)
 WARMUPS = ".warmup"                   # a hidden folder: reports over OUT do not list warm-up runs
 REPORT_FLAGS = {"gpu_hour_price", "resume"}    # may come with --resume: they change the report, not the runs
 
@@ -128,43 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the single-device layout first (the calibration), then only the K best predicted layouts "
                         "of each engine and workload; the rest are listed as predicted, not measured (implies --predict)")
     return p
-
-
-def evaluator_args(passthrough: list[str]) -> argparse.Namespace:
-    """The flags after `--`, parsed once by the evaluator's own parser."""
-    from evaluator.cli import parse_flags
-    owned = {"--engine", "--mode", "--gpus", "--dp", "--tp", "--pp", "--ep", "--dp-backend", "--router-policy",
-             "--workload", "--model", "--data",
-             "--output-dir", "--run-id", "--resume", "--tokenizer", "--base-model"}
-    given = sorted({a.split("=")[0] for a in passthrough if a.split("=")[0] in owned})
-    if given:
-        raise UsageError(f"{', '.join(given)} after -- belong to the comparison itself (it sets them per layout)")
-    try:
-        return parse_flags(passthrough)
-    except UsageError as e:
-        raise UsageError(f"the flags after -- are not evaluator flags: {e}") from None
-
-
-def layout_config(base: argparse.Namespace, c: Candidate, workload: str, model: str, data: str, out: Path,
-                  run_id: str, quantized: str | None = None) -> RunConfig:
-    """One layout's RunConfig from the comparison's evaluator flags, checked (UsageError: skipped);
-    with quantized, the single-device row of that checkpoint of the model, or of the model quantised
-    online by the engine (ONLINE_QUANTIZATION: quantization=fp8 added to its engine kwargs)."""
-    from evaluator.cli import config_from_args, for_workload
-    if quantized in ONLINE_QUANTIZATION:
-        kwargs = {**json.loads(base.engine_kwargs or "{}"), "quantization": quantized}
-        base = argparse.Namespace(**{**vars(base), "engine_kwargs": json.dumps(kwargs)})
-        extra = {"model": model, "base_model": model}
-    elif quantized:
-        extra = {"model": quantized, "tokenizer": model, "base_model": model}
-    else:
-        extra = {"model": model}
-    lay = c.layout
-    args = for_workload(base, workload, engine=c.engine, mode=lay.mode, gpus=lay.devices,
-                        dp=lay.dp if lay.mode == "hybrid" else None, tp=lay.tp if lay.mode == "hybrid" else None,
-                        dp_backend=lay.dp_backend, router_policy=lay.router_policy, data=data, output_dir=str(out),
-                        run_id=run_id, **extra)
-    return config_from_args(args)
 
 
 def engine_kwargs_for(items: list[str], engines: list[str]) -> dict[str, str]:

@@ -152,3 +152,17 @@ class HostFacts:
 
 def host_facts(engine: str, device: str, cores_per_device: int = 1) -> HostFacts:
     return HostFacts(device_name(device, cores_per_device), versions(engine))
+
+
+def cpu_thread_binding(rank: int, tp: int, cores_per_device: int, cpus: list[int] | None = None) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND for replica `rank`: one '|'-separated core group per TP rank.
+    Replica r owns devices r*tp .. r*tp+tp-1; device d owns cores d*c .. d*c+c-1 of `cpus`
+    (default: the cores this process may use)."""
+    if cpus is None:
+        cpus = usable_cpus()
+    groups = []
+    for k in range(tp):
+        device = rank * tp + k
+        cores = cpus[device * cores_per_device:(device + 1) * cores_per_device]
+        groups.append(",".join(map(str, cores)))
+    return "|".join(groups)

@@ -2,15 +2,15 @@
 parallel replicas, tensor parallel devices per replica, pipeline stages, expert parallel size,
 who does the data parallelism and, for a router, its policy). Everything that names a layout (the
 flags, the labels in tables, the folder names, the sweep file, config.json) goes through it, so a
-new axis is a new field here, not a new format in ten files. Also: the list of every layout a
-device count allows (the one enumeration both `python -m evaluator.compare` and the SLURM sweep
-use), and the mapping of devices to CPU cores on hosts without GPU.
+new axis is a new field here, not a new format in ten files. The list of every layout a device
+count allows is evaluator.plan.candidates (it asks the engines what they can do); the mapping of
+devices to CPU cores on hosts without GPU is evaluator.hosts.cpu_thread_binding.
 
 On CUDA hosts a device is a GPU (Ray hands each replica actor tp of them). On hosts without a
 GPU a device is a fixed group of CPU cores, so single vs dp=N vs tp=N compares 1 device with N
 devices exactly as on GPUs; each vLLM-CPU engine is pinned to its devices' cores.
 
-    python -c "from evaluator.layout import candidates; print([c.label for c in candidates(['vllm'], 4, 'serve')])"
+    python -c "from evaluator.layout import Layout; print(Layout(2, 2).label)"
 """
 from __future__ import annotations
 
@@ -246,49 +246,3 @@ class Candidate:
 
     def argv(self) -> list[str]:
         return ["--engine", self.engine, *self.layout.argv()]
-
-
-def candidates(engines: list[str], gpus: int, workload: str, modes: tuple[str, ...] = MODES,
-               native: bool = True, router_policies: dict[str, tuple[str, ...]] | None = None) -> list[Candidate]:
-    """Every layout of `gpus` devices, per engine: single (1 device), dp=N, tp=N, each hybrid
-    D x T = N with both above 1; dp=N inside the engine (native) where the engine has its own DP
-    for this workload; and, serving, dp=N servers behind the engine's own router once per policy
-    (router_policies: engine -> policies; default: the router's own default policy; an engine
-    left out of a given dict gets none). Whether a layout can run on this model and host (the
-    router installed, the model's heads...) is the checks' job: they skip it with the reason."""
-    from launchers.engines.base import native_dp_workloads, router_of
-    out: list[Candidate] = []
-    for engine in engines:
-        if "single" in modes:
-            out.append(Candidate(engine, Layout()))
-        if gpus < 2:
-            continue
-        if "dp" in modes:
-            out.append(Candidate(engine, Layout(gpus, 1)))
-            if native and workload in native_dp_workloads(engine):
-                out.append(Candidate(engine, Layout(gpus, 1, dp_backend="native")))
-            router = router_of(engine)
-            if workload == "serve" and router is not None:
-                policies = (router.default_policy,) if router_policies is None else router_policies.get(engine, ())
-                out += [Candidate(engine, Layout(gpus, 1, dp_backend="router", router_policy=p)) for p in policies]
-        if "tp" in modes:
-            out.append(Candidate(engine, Layout(1, gpus)))
-        if "hybrid" in modes:
-            out += [Candidate(engine, Layout(d, gpus // d)) for d in range(2, gpus)
-                    if gpus % d == 0 and gpus // d > 1]
-    return out
-
-
-def cpu_thread_binding(rank: int, tp: int, cores_per_device: int, cpus: list[int] | None = None) -> str:
-    """VLLM_CPU_OMP_THREADS_BIND for replica `rank`: one '|'-separated core group per TP rank.
-    Replica r owns devices r*tp .. r*tp+tp-1; device d owns cores d*c .. d*c+c-1 of `cpus`
-    (default: the cores this process may use)."""
-    if cpus is None:
-        from evaluator.hosts import usable_cpus
-        cpus = usable_cpus()
-    groups = []
-    for k in range(tp):
-        device = rank * tp + k
-        cores = cpus[device * cores_per_device:(device + 1) * cores_per_device]
-        groups.append(",".join(map(str, cores)))
-    return "|".join(groups)

@@ -23,8 +23,7 @@ from typing import Any, Callable
 
 from evaluator.errors import RunFailed, UsageError
 from evaluator.events import Listener, ReplicaFailed, ReplicaReady, ReplicaStarting, Warning
-from evaluator.hosts import usable_cpus
-from evaluator.layout import cpu_thread_binding
+from evaluator.hosts import cpu_thread_binding, usable_cpus
 from evaluator.records import RunConfig
 from launchers.engines.base import EngineSpec
 

@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, RunConfig, Options]:
-    from evaluator.compare import evaluator_args, layout_config
+    from evaluator.plan import evaluator_args, layout_config
     from evaluator.cli import split_passthrough
     from evaluator.layout import Candidate, Layout
     own, passthrough = split_passthrough(argv)

@@ -9,49 +9,15 @@ the router only, and the servers' own /metrics are still scraped from each serve
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-
-@dataclass(frozen=True)
-class RouterKind:
-    """One router package: how to start it and the policies it has (its --policy choices)."""
-    name: str                         # the PyPI distribution, and what tables call it
-    package: str                      # what must be importable
-    module: str                       # `python -m module` starts it
-    policies: tuple[str, ...]
-    default_policy: str               # the router's own default (--policy)
-    routed_metric: str                # its Prometheus counter of requests per worker (label "worker")
-
-    @property
-    def install(self) -> str:
-        return f"pip install {self.name}"
-
-    def installed(self) -> bool:
-        return importlib.util.find_spec(self.package) is not None
-
-
-# The --policy choices of vllm-router 0.1.17 and sglang-router 0.3.2 (their router_args.py) that
-# route plain OpenAI requests; both default to cache_aware. power_of_two is their load-aware policy
-# (the less loaded of two workers picked at random). Left out: vllm-router's kv_aware (needs the
-# workers' KV events over ZMQ), consistent_hash and sticky_least_loaded (key on a session header),
-# sglang-router's manual (a routing key per request): our load carries none of those.
-ROUTERS: dict[str, RouterKind] = {
-    "vllm-router": RouterKind("vllm-router", "vllm_router", "vllm_router.launch_router",
-                              ("round_robin", "power_of_two", "cache_aware", "random"), "cache_aware",
-                              "vllm_router_processed_requests_total"),
-    # sglang-router 0.3.2 counts per worker only in its circuit breaker's outcomes (success, failure)
-    "sglang-router": RouterKind("sglang-router", "sglang_router", "sglang_router.launch_router",
-                                ("round_robin", "power_of_two", "cache_aware", "random"), "cache_aware",
-                                "smg_worker_cb_outcomes_total"),
-}
+from launchers.router_kinds import RouterKind
 
 
 def router_argv(kind: RouterKind, worker_urls: list[str], policy: str, host: str, port: int, metrics_port: int,

@@ -2,7 +2,7 @@
 named by its axes (evaluator.layout: dp, tp, pp, ep, dp-backend, router-policy; an axis left out
 takes its default), with `#` comments; task i is the i-th run line (0-based), so
 SLURM_ARRAY_TASK_ID = i picks it. Written from the same layout enumeration as
-`python -m evaluator.compare` (evaluator.layout.candidates), read back by the array tasks, and told
+`python -m evaluator.compare` (evaluator.plan.candidates), read back by the array tasks, and told
 what each task should run (a new run, or --resume). Lines of the older format, `ENGINE MODE GPUS
 [DP TP] [FLAGS...]`, are still read (sweep folders written before keep re-submitting).
 
@@ -14,7 +14,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluator.layout import MODES, SPEC_KEYS, Layout, LayoutError, candidates, parse_spec, resolve
+from evaluator.layout import MODES, SPEC_KEYS, Layout, LayoutError, parse_spec, resolve
+from evaluator.plan import candidates
 from launchers.engines.base import ENGINES
 
 SWEEP_FILE, LOGS, SUMMARY, CONFIG = "sweep.txt", "logs", "summary.json", "config.json"
@@ -143,7 +144,7 @@ def parse_sweep(text: str, source: str = SWEEP_FILE) -> list[SweepLine]:
 def generate(engines: list[str], modes: list[str], gpus: list[int], flags: list[str],
              workload: str = "offline", native: bool = True,
              router_policies: dict[str, tuple[str, ...]] | None = None) -> list[SweepLine]:
-    """engines x modes x GPU counts, enumerated by evaluator.layout.candidates (the same list
+    """engines x modes x GPU counts, enumerated by evaluator.plan.candidates (the same list
     `python -m evaluator.compare` runs locally): single once per engine, dp, tp, every hybrid
     split, the engine's own DP where it has one for the workload, and (serve) its router per
     policy; repeats written once."""

@@ -14,7 +14,8 @@ import pytest
 from evaluator import compare
 from evaluator.cli import build_parser, config_from_args, resume_run
 from evaluator.errors import UsageError
-from evaluator.layout import Layout, LayoutError, candidates, parse_spec, resolve
+from evaluator.layout import Layout, LayoutError, parse_spec, resolve
+from evaluator.plan import candidates
 from evaluator.records import RecordError, RunConfig, RunSummary, SamplingConfig
 from evaluator.store import RunDir
 from launchers.engines.base import layout_problem, router_of

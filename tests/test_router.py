@@ -92,7 +92,8 @@ def _chat(url: str, key: str | None) -> tuple[int, str]:
 
 
 def test_the_router_routes_by_its_policy_and_passes_the_key_on(workers, tmp_path):
-    from launchers.router import ROUTERS, RouterProcess
+    from launchers.router import RouterProcess
+    from launchers.router_kinds import ROUTERS
     router = RouterProcess(ROUTERS["vllm-router"], "round_robin", workers, tmp_path / "router.log")
     try:
         url = router.start()
@@ -113,7 +114,8 @@ def test_the_router_routes_by_its_policy_and_passes_the_key_on(workers, tmp_path
 
 DRIVER = """
 import sys, time
-from launchers.router import ROUTERS, RouterProcess
+from launchers.router import RouterProcess
+from launchers.router_kinds import ROUTERS
 r = RouterProcess(ROUTERS["vllm-router"], "round_robin", sys.argv[2:], sys.argv[1])
 r.start()
 print(r.proc.pid, flush=True)
@@ -138,7 +140,8 @@ def test_the_router_dies_with_its_sigkilled_owner(workers, tmp_path):
 
 
 def test_a_router_that_cannot_start_says_why(tmp_path):
-    from launchers.router import ROUTERS, RouterFailed, RouterProcess
+    from launchers.router import RouterFailed, RouterProcess
+    from launchers.router_kinds import ROUTERS
     router = RouterProcess(ROUTERS["vllm-router"], "no_such_policy", ["http://127.0.0.1:9"], tmp_path / "router.log")
     with pytest.raises(RouterFailed) as e:
         router.start(timeout_s=60)

@@ -114,8 +114,8 @@ def test_generate_layouts():
     """single is one device whatever --gpus says (once per engine); hybrid is every split with
     both factors above 1; the engine's own DP where it has one (SGLang offline); serving adds each
     engine's router at its default policy (or the policies asked for); a repeated layout is written
-    once. The list is evaluator.layout.candidates', the one the local comparison runs."""
-    from evaluator.layout import candidates
+    once. The list is evaluator.plan.candidates', the one the local comparison runs."""
+    from evaluator.plan import candidates
     lines = sweep.generate(["vllm", "sglang"], ["single", "dp", "tp", "hybrid"], [2, 4, 4], ["--limit", "8"])
     texts = [l.text() for l in lines]
     assert texts == [

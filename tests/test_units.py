@@ -8,7 +8,8 @@ import pytest
 
 from datasets_prep.gsm8k import INSTRUCTION, PrepError, ground_truth, prepare
 from evaluator.collector import CollectError, merge
-from evaluator.layout import LayoutError, cpu_thread_binding, resolve
+from evaluator.hosts import cpu_thread_binding
+from evaluator.layout import LayoutError, resolve
 from evaluator.records import Prompt
 from evaluator.sharding import balanced_bounds, contiguous_bounds, make_chunks
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 from evaluator.records import Completion, SamplingConfig
+from launchers.router_kinds import ROUTERS
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ class Backend:
     package: str                      # what must be importable
     install: str                      # how to install it
     distributions: tuple[str, ...] = ()   # whose versions runs record (and --resume compares)
-    router: str | None = None         # the engine's own router (launchers.router.ROUTERS): --dp-backend router
+    router: str | None = None         # the engine's own router (launchers.router_kinds.ROUTERS): --dp-backend router
 
     def load(self):
         return importlib.import_module(self.module)
@@ -200,8 +201,7 @@ def cannot(name: str, workload: str, tp: int, device: str | None = None) -> str 
 
 
 def router_of(name: str):
-    """The engine's own router (launchers.router.RouterKind), or None where it has none."""
-    from launchers.router import ROUTERS
+    """The engine's own router (launchers.router_kinds.RouterKind), or None where it has none."""
     kind = backend(name).router
     return ROUTERS[kind] if kind else None
 
