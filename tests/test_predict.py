@@ -97,7 +97,7 @@ def test_the_2xH200_evidence_is_predicted_from_its_single_device_runs():
     the single-server c=256 level (front end saturated) is the known miss, not asserted."""
     from evaluator.predict.evidence import CASES, check
     case = next(c for c in CASES if c.name.startswith("2xH200 2026-11-30 vLLM offline+serve"))
-    result = check(case, EVIDENCE / "2026-12-02-predict" / "models", None)
+    result = check(case, EVIDENCE / "2026-12-02-predict" / "model-shapes", None)
     rows = [r for r in result["rows"] if not r["calibration"]]
     offline = {r["layout"]: r["error"] for r in rows if r["workload"] == "offline"}
     assert set(offline) == {"vllm dp=2", "vllm tp=2"} and all(abs(e) <= 0.15 for e in offline.values()), offline

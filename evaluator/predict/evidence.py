@@ -29,7 +29,7 @@ H200_BYTES = int(140.4 * 2**30)
 @dataclass(frozen=True)
 class Case:
     name: str
-    model: str                          # a file in MODELS_DIR: {"config": {...}, "weight_bytes": N}
+    model: str                          # a file in OUT/model-shapes: {"config": {...}, "weight_bytes": N}
     single: tuple[str, ...]             # single-device run folders under results/evidence (the calibration)
     layouts: tuple[str, ...]            # multi-device run folders to predict
     cpu_probe: bool = False             # CPU: this machine's probe stands in (no probe was stored with the runs)
@@ -270,7 +270,7 @@ def readme(results: list[dict], summary: dict) -> str:
         "GPU cases: bandwidth, link and peak FLOP/s from the H200 datasheet (no probe ran on those hosts);",
         "CPU cases: this machine's probe (`probe-cpu.json`: one core's read bandwidth, gloo all-reduce",
         "between two one-core devices), taken on 2026-12-02 while other sessions loaded the machine.",
-        "`models/` holds the models' config.json fields and weight bytes (the runs' model folders are gone).",
+        "`model-shapes/` holds the models' config.json fields and weight bytes (the runs' model folders are gone).",
         "Calibration rows are the single-device runs themselves; errors are (predicted − measured) / measured;",
         "TPOT and TTFT are medians (p50) per level. `predict-check.json` has every row.", "",
         "## Summary", "",
@@ -309,10 +309,10 @@ def main(argv: list[str] | None = None) -> int:
                                             "print the error per layout (see the module docstring).")
     p.add_argument("--out", default="results/evidence/2026-12-02-predict",
                    help="folder for README.md, predict-check.json and this machine's CPU probe (probe-cpu.json, "
-                        "measured once when absent); the models' shapes are read from OUT/models/")
+                        "measured once when absent); the models' shapes are read from OUT/model-shapes/")
     args = p.parse_args(argv)
     out = Path(args.out)
-    models = out / "models"
+    models = out / "model-shapes"
     if not models.is_dir():
         p.exit(2, f"error: {models}: no such folder (the models' config.json and weight bytes live there)\n")
     probe = None
