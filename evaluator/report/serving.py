@@ -104,9 +104,10 @@ LEVEL_COLUMNS = [
 LEGEND = ("Each level's figures are over its steady-state window (from when the requests in flight first reach their "
           "plateau to the last arrival; 'window s' = its length / the level's; 'whole' where it was too short to "
           "stand alone; '↑' where fewer than 80% as many requests finished in it as were sent: in flight still "
-          "rising, the level shorter than it needed), the whole level's kept in summary.json. " + PERCENTILE_RULE + "; means are over answered "
-          "requests. sent = requests the level sent, fresh unless marked (window: those sent inside it); failed = "
-          "errors and rejections in the window (t/o: timeouts), skipped = later turns of a broken session. TTFT = "
+          "rising, the level shorter than it needed), the whole level's kept in summary.json. " + PERCENTILE_RULE
+          + "; means are over answered requests. sent = requests the level sent, fresh unless marked (window: "
+          "those sent inside it); failed = errors and rejections in the window (t/o: timeouts), skipped = later "
+          "turns of a broken session. TTFT = "
           "request sent to first token; TPOT = (end-to-end - TTFT) / (output tokens - 1); ITL = gaps between "
           "streamed chunks of answered requests; tok/s/user = mean 1/TPOT; goodput = requests answered in the window "
           "meeting every SLO given, per second (= req/s without SLOs); tokens from the server's usage. prefix hits: "

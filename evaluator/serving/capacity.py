@@ -109,10 +109,10 @@ def judge(runs: Sequence[Sequence[RequestResult]], rate: float, duration_s: floa
     verdict = "missed" if "missed" in verdicts else "unsure" if "unsure" in verdicts else "held"
     point = ((slo_ttft_ms is None or (t1 is not None and t1 <= slo_ttft_ms))
              and (slo_tpot_ms is None or t2 is None or t2 <= slo_tpot_ms))
+    tokens = sum(r.completion_tokens for r in results if r.ok)
     if output_tokens_per_s is None:
-        tokens = sum(r.completion_tokens for r in results if r.ok)
         output_tokens_per_s = tokens / duration_s if duration_s > 0 else 0.0
-    sustained = rate * sum(r.completion_tokens for r in results if r.ok) / len(results)
+    sustained = rate * tokens / len(results)
     return Probe(rate, verdict == "held" or (verdict == "unsure" and point), t1, t2, output_tokens_per_s,
                  len(results), verdict, c1, c2, len(runs), sum(not r.ok for r in results), sustained)
 
